@@ -1,0 +1,102 @@
+// The `phoenix` command: CLI11 parses flags into a Config and hands it to the runtime.
+// This is the only place that turns errors into exit codes.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <exception>
+
+#include "apps/phoenix/bench_kernels.h"
+#include "phx_config.h"
+#include "runtime/core/config.h"
+#include "runtime/core/error.h"
+#include "runtime/core/log.h"
+#include "runtime/train/local_trainer.h"
+
+namespace {
+
+void addTrainFlags(CLI::App& app, phx::Config& c) {
+  app.add_option("--model", c.model, "Model: cnn (the papers' CNN), mlp (784-512-256-10), synthetic:N")
+      ->capture_default_str();
+  app.add_option("--data-dir", c.dataDir, "Directory with the Fashion-MNIST IDX files (.gz or plain)")
+      ->capture_default_str();
+  app.add_option("--batch", c.batch, "Mini-batch size per worker")
+      ->check(CLI::Range(1, 65536))->capture_default_str();
+  app.add_option("--epochs", c.epochs, "Epochs to train (ignored when --steps is given)")
+      ->check(CLI::Range(1, 100000))->capture_default_str();
+  app.add_option("--steps", c.steps, "Steps to train per worker (0 = use --epochs)")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--seed", c.seed, "Seed for initialisation, shuffling and dropout")
+      ->capture_default_str();
+  app.add_option("--lr", c.lr, "Learning rate")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--momentum", c.momentum, "SGD momentum (0 = plain SGD, as in the papers)")
+      ->check(CLI::Range(0.0, 0.999999))->capture_default_str();
+  app.add_option("--weight-decay", c.weightDecay, "L2 weight decay")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_flag("--nesterov", c.nesterov, "Nesterov momentum");
+  app.add_option("--device", c.device, "cpu, cuda, or auto (CUDA when a GPU is usable)")
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}))->capture_default_str();
+  app.add_option("--threads", c.threads, "CPU threads per rank (0 = OMP_NUM_THREADS or all cores)")
+      ->check(CLI::Range(0, 1024))->capture_default_str();
+  app.add_option("--metrics", c.metricsPath, "Write one CSV row per evaluation to this file");
+  app.add_option("--summary", c.summaryPath, "Write a JSON summary of the run to this file");
+  app.add_option("--eval-every", c.evalEvery,
+                 "Evaluate on the test set every N steps or every Ts seconds (0 = every epoch)")
+      ->capture_default_str();
+  app.add_option("--eval-batch", c.evalBatch, "Samples per forward pass during evaluation")
+      ->check(CLI::Range(1, 10000))->capture_default_str();
+  app.add_option("--progress-every", c.progressSeconds, "Seconds between progress lines")
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--log-level", c.logLevel, "debug, info, warn or error")
+      ->check(CLI::IsMember({"debug", "info", "warn", "error"}))->capture_default_str();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Phoenix: fault-tolerant parameter-server training for HPC clusters"};
+  app.set_version_flag("--version", std::string("phoenix ") + PHX_VERSION);
+  app.require_subcommand(1);
+  app.set_config("--config", "", "Read flags from an INI or TOML file");
+
+  phx::Config cfg;
+  CLI::App* train = app.add_subcommand("train", "Train a model (one process, or a job under mpirun)");
+  addTrainFlags(*train, cfg);
+
+  CLI::App* bench = app.add_subcommand("bench", "Benchmarks");
+  bench->require_subcommand(1);
+  phx::apps::KernelBenchOptions kb;
+  CLI::App* benchKernels =
+      bench->add_subcommand("kernels", "Training throughput (samples/s) per model, batch, threads");
+  benchKernels->add_option("--models", kb.models, "Models to measure")->capture_default_str();
+  benchKernels->add_option("--batches", kb.batches, "Batch sizes")->capture_default_str();
+  benchKernels->add_option("--threads", kb.threads, "Thread counts")->capture_default_str();
+  benchKernels->add_option("--device", kb.device, "cpu or cuda")
+      ->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
+  benchKernels->add_option("--seconds", kb.seconds, "Measured seconds per configuration")
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  benchKernels->add_option("--json", kb.jsonPath, "Also write the results as JSON");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+
+  try {
+    if (train->parsed()) {
+      phx::log::setLevel(phx::log::parseLevel(cfg.logLevel));
+      phx::train::runLocal(cfg);
+      return 0;
+    }
+    if (benchKernels->parsed()) {
+      for (const auto& m : kb.models) phx::kernels::parseModelSpec(m);
+      return phx::apps::runKernelBench(kb);
+    }
+  } catch (const phx::UserError& e) {
+    std::fprintf(stderr, "phoenix: error: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "phoenix: fatal: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

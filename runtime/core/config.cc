@@ -1,0 +1,48 @@
+#include "runtime/core/config.h"
+
+#include <cmath>
+
+#include "runtime/core/error.h"
+
+namespace phx {
+
+Schedule parseSchedule(const std::string& flag, const std::string& value) {
+  Schedule s;
+  const bool time = !value.empty() && value.back() == 's';
+  const std::string num = time ? value.substr(0, value.size() - 1) : value;
+  size_t used = 0;
+  try {
+    if (time) {
+      s.seconds = std::stod(num, &used);
+    } else {
+      s.steps = std::stoll(num, &used);
+    }
+  } catch (...) {
+    used = 0;
+  }
+  if (num.empty() || used != num.size() || s.steps < 0 || s.seconds < 0.0 ||
+      !std::isfinite(s.seconds))
+    PHX_USER_ERROR(flag, " '", value, "' is not a schedule (accepted: a step count such as 500, "
+                   "a time such as 30s, or 0 for every epoch)");
+  return s;
+}
+
+void Config::validate() const {
+  if (batch < 1 || batch > 65536) PHX_USER_ERROR("--batch ", batch, " must be in 1..65536");
+  if (epochs < 1 && steps <= 0) PHX_USER_ERROR("--epochs ", epochs, " must be at least 1");
+  if (steps < 0) PHX_USER_ERROR("--steps ", steps, " must be >= 0 (0 = use --epochs)");
+  if (!(lr > 0.0) || !std::isfinite(lr)) PHX_USER_ERROR("--lr ", lr, " must be a positive number");
+  if (!(momentum >= 0.0 && momentum < 1.0))
+    PHX_USER_ERROR("--momentum ", momentum, " must be in [0, 1)");
+  if (!(weightDecay >= 0.0) || !std::isfinite(weightDecay))
+    PHX_USER_ERROR("--weight-decay ", weightDecay, " must be >= 0");
+  if (nesterov && momentum == 0.0) PHX_USER_ERROR("--nesterov needs --momentum > 0");
+  if (device != "cpu" && device != "cuda" && device != "auto")
+    PHX_USER_ERROR("--device '", device, "' is not known (accepted: cpu, cuda, auto)");
+  if (threads < 0 || threads > 1024) PHX_USER_ERROR("--threads ", threads, " must be in 0..1024");
+  if (evalBatch < 1 || evalBatch > 10000) PHX_USER_ERROR("--eval-batch must be in 1..10000");
+  if (!(progressSeconds > 0.0)) PHX_USER_ERROR("--progress-every must be > 0 seconds");
+  parseSchedule("--eval-every", evalEvery);
+}
+
+}  // namespace phx

@@ -1,0 +1,48 @@
+// The run configuration: every flag of `phoenix train` lands here (apps/ parses, runtime/
+// consumes), so that tests and library code can build a Config without a command line.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace phx {
+
+// "N" (steps) or "Ns" (seconds); 0 means "at the end of every epoch".
+struct Schedule {
+  int64_t steps = 0;
+  double seconds = 0.0;
+  bool isTime() const { return seconds > 0.0; }
+  bool empty() const { return steps == 0 && seconds == 0.0; }
+};
+// Parses "500" or "30s"; throws UserError naming the flag otherwise.
+Schedule parseSchedule(const std::string& flag, const std::string& value);
+
+struct Config {
+  // model and data
+  std::string model = "cnn";
+  std::string dataDir = "/usr/share/datasets/fashion-mnist";
+  int batch = 32;
+  int epochs = 3;
+  int64_t steps = 0;  // per worker; 0 = run `epochs` epochs
+  uint64_t seed = 0;
+  // optimizer
+  double lr = 0.01;
+  double momentum = 0.9;
+  double weightDecay = 0.0;
+  bool nesterov = false;
+  // execution
+  std::string device = "auto";  // cpu | cuda | auto
+  int threads = 0;              // 0 = OpenMP's default (OMP_NUM_THREADS or all cores)
+  // outputs
+  std::string metricsPath;
+  std::string summaryPath;
+  std::string evalEvery = "0";
+  int evalBatch = 500;
+  double progressSeconds = 2.0;
+  std::string logLevel = "info";
+
+  // Throws UserError for values that cannot work, naming the flag and what is accepted.
+  void validate() const;
+};
+
+}  // namespace phx

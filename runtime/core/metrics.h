@@ -1,0 +1,61 @@
+// Run outputs that scripts and tests read (a contract, see docs/user-guide.md):
+// the --metrics CSV (one row per evaluation or event) and the --summary JSON.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace phx {
+
+struct MetricsRow {
+  double timeS = 0;
+  int64_t step = 0;
+  double epoch = 0;
+  double trainLoss = 0;
+  double testAccuracy = -1;  // < 0: not evaluated at this row (empty field)
+  int64_t updatesApplied = 0;
+  std::string event;
+};
+
+// Appends rows to a CSV file with the header
+// time_s,step,epoch,train_loss,test_accuracy,updates_applied,event
+class MetricsCsv {
+ public:
+  MetricsCsv() = default;
+  explicit MetricsCsv(const std::string& path);  // empty path: a no-op writer
+  ~MetricsCsv();
+  MetricsCsv(const MetricsCsv&) = delete;
+  MetricsCsv& operator=(const MetricsCsv&) = delete;
+  void write(const MetricsRow& row);
+
+ private:
+  std::FILE* f_ = nullptr;
+};
+
+struct FailureRecord {
+  int rank = -1;
+  std::string role;
+  double detectedMs = 0, recoveredMs = 0;
+  int64_t rolledBackSteps = 0, bufferedUpdatesApplied = 0;
+};
+
+// The --summary document. `extra` holds further "key": value pairs (values already JSON).
+struct Summary {
+  double finalTestAccuracy = 0;
+  int64_t steps = 0;
+  double samplesPerS = 0;
+  int64_t updatesApplied = 0;
+  int64_t updatesLost = 0;
+  std::vector<FailureRecord> failures;
+  std::vector<std::pair<std::string, std::string>> extra;
+  std::string toJson() const;
+};
+
+std::string jsonString(const std::string& s);
+// Writes text to path atomically (temporary file, then rename); throws UserError on failure.
+void writeFileAtomic(const std::string& path, const std::string& text);
+
+}  // namespace phx

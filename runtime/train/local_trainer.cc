@@ -1,0 +1,177 @@
+#include "runtime/train/local_trainer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "runtime/core/log.h"
+
+namespace phx::train {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+double secondsSince(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+std::string fmtDuration(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  const int t = static_cast<int>(s + 0.5);
+  char b[32];
+  if (t >= 3600)
+    std::snprintf(b, sizeof b, "%dh%02dm", t / 3600, (t / 60) % 60);
+  else if (t >= 60)
+    std::snprintf(b, sizeof b, "%dm%02ds", t / 60, t % 60);
+  else
+    std::snprintf(b, sizeof b, "%ds", t);
+  return b;
+}
+}  // namespace
+
+EvalResult evaluate(kernels::Model& model, const data::Dataset& ds, int chunk) {
+  chunk = std::min(chunk, model.maxBatch());
+  std::vector<float> x(static_cast<size_t>(chunk) * ds.sampleSize());
+  std::vector<int32_t> y(chunk);
+  std::vector<uint32_t> idx(chunk);
+  double lossSum = 0;
+  int64_t correct = 0;
+  for (int start = 0; start < ds.count; start += chunk) {
+    const int n = std::min(chunk, ds.count - start);
+    for (int i = 0; i < n; ++i) idx[i] = static_cast<uint32_t>(start + i);
+    data::gatherBatch(ds, idx.data(), n, x.data(), y.data());
+    const kernels::LossResult r = model.evaluate(x.data(), y.data(), n);
+    lossSum += r.lossSum;
+    correct += r.correct;
+  }
+  return EvalResult{static_cast<double>(correct) / ds.count, lossSum / ds.count};
+}
+
+TrainResult runLocal(const Config& cfg) {
+  const auto t0 = Clock::now();
+  const data::FashionMnist fm = data::loadFashionMnist(cfg.dataDir);
+  log::debug("loaded Fashion-MNIST from ", cfg.dataDir, " in ", secondsSince(t0), " s");
+  return runLocal(cfg, fm);
+}
+
+TrainResult runLocal(const Config& cfg, const data::FashionMnist& fm) {
+  cfg.validate();
+  const Schedule evalEvery = parseSchedule("--eval-every", cfg.evalEvery);
+  auto backend = kernels::makeBackend(cfg.device, cfg.threads);
+  const kernels::ModelSpec spec = kernels::parseModelSpec(cfg.model);
+  kernels::Model model(*backend, spec, std::max(cfg.batch, cfg.evalBatch));
+  model.initParams(cfg.seed);
+  kernels::DeviceArray<float> velocity(*backend, model.paramCount());
+  backend->fill(velocity.data(), velocity.size(), 0.0f);
+  const kernels::SgdParams sgd{static_cast<float>(cfg.lr), static_cast<float>(cfg.momentum),
+                               static_cast<float>(cfg.weightDecay), cfg.nesterov};
+
+  const data::Dataset& train = fm.train;
+  const data::EpochSharder sharder(train.count, 1, cfg.seed);
+  const int64_t stepsPerEpoch = (train.count + cfg.batch - 1) / cfg.batch;
+  const int64_t totalSteps = cfg.steps > 0 ? cfg.steps : stepsPerEpoch * cfg.epochs;
+  log::info("training ", spec.name, " (", model.paramCount(), " parameters) on ",
+            backend->describe(), ": ", totalSteps, " steps of batch ", cfg.batch, ", lr ", cfg.lr,
+            ", momentum ", cfg.momentum);
+
+  MetricsCsv metrics(cfg.metricsPath);
+  std::vector<float> x(static_cast<size_t>(cfg.batch) * train.sampleSize());
+  std::vector<int32_t> y(cfg.batch);
+  std::vector<uint32_t> order;
+  int currentEpoch = -1;
+
+  const auto start = Clock::now();
+  auto lastProgress = start;
+  double lastEvalTime = 0;
+  double windowLoss = 0;
+  int64_t windowSteps = 0, samples = 0, windowSamples = 0;
+  double lastLoss = NAN, lastAcc = -1;
+  auto windowStart = start;
+
+  auto doEval = [&](int64_t step, const char* event) {
+    const EvalResult e = evaluate(model, fm.test, cfg.evalBatch);
+    lastAcc = e.accuracy;
+    lastEvalTime = secondsSince(start);
+    metrics.write(MetricsRow{lastEvalTime, step, static_cast<double>(step) / stepsPerEpoch,
+                             lastLoss, e.accuracy, step, event});
+    log::info("eval  step ", step, " epoch ", static_cast<double>(step) / stepsPerEpoch,
+              "  test accuracy ", e.accuracy * 100.0, " %  test loss ", e.loss);
+  };
+
+  for (int64_t step = 0; step < totalSteps; ++step) {
+    const int epoch = static_cast<int>(step / stepsPerEpoch);
+    if (epoch != currentEpoch) {
+      order = sharder.shard(epoch, 0);
+      currentEpoch = epoch;
+    }
+    const int64_t first = (step % stepsPerEpoch) * cfg.batch;
+    const int n = static_cast<int>(std::min<int64_t>(cfg.batch, train.count - first));
+    data::gatherBatch(train, order.data() + first, n, x.data(), y.data());
+    const kernels::LossResult r = model.forwardBackward(x.data(), y.data(), n, cfg.seed, step);
+    backend->sgdStep(model.params(), model.grads(), velocity.data(), model.paramCount(), sgd);
+    const double loss = r.lossSum / n;
+    if (!std::isfinite(loss))
+      PHX_USER_ERROR("training diverged at step ", step, " (loss ", loss,
+                     "); lower --lr (now ", cfg.lr, ")");
+    windowLoss += loss;
+    ++windowSteps;
+    samples += n;
+    windowSamples += n;
+
+    const int64_t done = step + 1;
+    const double now = secondsSince(start);
+    if (std::chrono::duration<double>(Clock::now() - lastProgress).count() >= cfg.progressSeconds ||
+        done == totalSteps) {
+      lastLoss = windowLoss / windowSteps;
+      const double rate = windowSamples / std::max(1e-9, secondsSince(windowStart));
+      const double eta = (totalSteps - done) * (now / done);
+      char acc[32] = "";
+      if (lastAcc >= 0) std::snprintf(acc, sizeof acc, "  acc %.2f %%", lastAcc * 100.0);
+      char line[256];
+      std::snprintf(line, sizeof line, "step %lld/%lld  epoch %.2f  %.0f samples/s  loss %.4f%s  ETA %s",
+                    static_cast<long long>(done), static_cast<long long>(totalSteps),
+                    static_cast<double>(done) / stepsPerEpoch, rate, lastLoss, acc,
+                    fmtDuration(eta).c_str());
+      log::info(line);
+      lastProgress = Clock::now();
+      windowStart = lastProgress;
+      windowLoss = 0;
+      windowSteps = 0;
+      windowSamples = 0;
+    }
+    const bool epochEnd = done % stepsPerEpoch == 0;
+    const bool due = evalEvery.empty()  ? epochEnd
+                     : evalEvery.isTime() ? now - lastEvalTime >= evalEvery.seconds
+                                          : done % evalEvery.steps == 0;
+    if (due && done < totalSteps) {
+      if (windowSteps) lastLoss = windowLoss / windowSteps;
+      doEval(done, epochEnd ? "epoch" : "");
+    }
+  }
+  const double trainSeconds = secondsSince(start);
+  if (windowSteps) lastLoss = windowLoss / windowSteps;
+  doEval(totalSteps, "end");
+
+  TrainResult res;
+  res.finalTrainLoss = lastLoss;
+  Summary& s = res.summary;
+  s.finalTestAccuracy = lastAcc;
+  s.steps = totalSteps;
+  s.samplesPerS = samples / std::max(1e-9, trainSeconds);
+  s.updatesApplied = totalSteps;
+  s.updatesLost = 0;
+  s.extra = {{"model", jsonString(spec.name)},
+             {"parameters", std::to_string(model.paramCount())},
+             {"device", jsonString(backend->describe())},
+             {"batch", std::to_string(cfg.batch)},
+             {"samples", std::to_string(samples)},
+             {"train_seconds", std::to_string(trainSeconds)},
+             {"final_train_loss", std::to_string(lastLoss)},
+             {"workers", "1"},
+             {"servers", "0"}};
+  if (!cfg.summaryPath.empty()) writeFileAtomic(cfg.summaryPath, s.toJson());
+  log::info("done: ", totalSteps, " steps in ", fmtDuration(trainSeconds), ", ",
+            static_cast<int64_t>(s.samplesPerS), " samples/s, test accuracy ",
+            s.finalTestAccuracy * 100.0, " %");
+  return res;
+}
+
+}  // namespace phx::train

@@ -1,0 +1,31 @@
+// Single-process training: the whole job in one rank (no servers). It is the reference the
+// distributed runtime is compared against, and what `phoenix train` runs without mpirun.
+#pragma once
+
+#include <functional>
+
+#include "kernels/backend.h"
+#include "kernels/model.h"
+#include "runtime/core/config.h"
+#include "runtime/core/metrics.h"
+#include "runtime/data/fashion_mnist.h"
+
+namespace phx::train {
+
+struct TrainResult {
+  Summary summary;
+  double finalTrainLoss = 0;
+};
+
+// Accuracy and mean loss of the model on a whole dataset, in chunks of `chunk` samples.
+struct EvalResult {
+  double accuracy = 0, loss = 0;
+};
+EvalResult evaluate(kernels::Model& model, const data::Dataset& ds, int chunk);
+
+// Runs the configured training; writes the metrics CSV and summary JSON when asked to.
+TrainResult runLocal(const Config& cfg);
+// The same with a dataset already in memory (tests).
+TrainResult runLocal(const Config& cfg, const data::FashionMnist& data);
+
+}  // namespace phx::train
