@@ -88,6 +88,16 @@ float* CpuBackend::scratch(size_t n) {
 void CpuBackend::gemm(bool transA, bool transB, int m, int n, int k, float alpha, const float* a,
                       int lda, const float* b, int ldb, float beta, float* c, int ldc) {
   if (m == 0 || n == 0) return;
+  if (threads_ == 1 && !transA && transB && beta == 0.0f && m <= 64 && n >= 4 * m && ldc == n) {
+    // On one thread, a short-and-wide A times B^T (a dense forward pass at small batch) runs
+    // twice as fast in oneDNN as C^T = B A^T plus a small transpose (not so on two threads).
+    if (scratchT_.size() < static_cast<size_t>(m) * n) scratchT_.resize(static_cast<size_t>(m) * n);
+    float* ct = scratchT_.data();
+    gemm(false, true, n, m, k, alpha, b, ldb, a, lda, 0.0f, ct, m);
+    for (int i = 0; i < m; ++i)
+      for (int j = 0; j < n; ++j) c[static_cast<size_t>(i) * ldc + j] = ct[static_cast<size_t>(j) * m + i];
+    return;
+  }
   const dnnl_status_t st = dnnl_sgemm(transA ? 'T' : 'N', transB ? 'T' : 'N', m, n, k, alpha, a,
                                       lda, b, ldb, beta, c, ldc);
   if (st != dnnl_success)
@@ -130,6 +140,10 @@ void CpuBackend::biasGrad(const float* dy, float* db, int rows, int cols) {
 
 void CpuBackend::convForward(const ConvShape& s, const float* x, const float* w,
                              const float* bias, float* y) {
+  if (useDirect(s)) {
+    directConvForward(s, x, w, bias, y);
+    return;
+  }
   const int kk = s.kernel * s.kernel * s.cin;
   const int P = static_cast<int>(s.pixels());
   float* col = scratch(static_cast<size_t>(P) * kk);
@@ -159,12 +173,157 @@ void CpuBackend::convBackwardData(const ConvShape& s, const float* dy, const flo
 
 void CpuBackend::convBackwardWeights(const ConvShape& s, const float* x, const float* dy,
                                      float* dw, float* dbias) {
+  if (useDirect(s)) {
+    directConvBackwardWeights(s, x, dy, dw, dbias);
+    return;
+  }
+  // dW = dY^T col is a reduction over pixels: each thread reduces its own range of images
+  // into a private partial (a library GEMM parallelises this shape poorly), then the
+  // partials are summed in thread order, which keeps the result deterministic.
   const int kk = s.kernel * s.kernel * s.cin;
-  const int P = static_cast<int>(s.pixels());
-  float* col = scratch(static_cast<size_t>(P) * kk);
-  im2col(s, x, col);
-  gemm(true, false, s.cout, kk, P, 1.0f, dy, s.cout, col, kk, 0.0f, dw, kk);
-  if (dbias) biasGrad(dy, dbias, P, s.cout);
+  const size_t wsz = static_cast<size_t>(s.cout) * kk;
+  const int nt = std::min(threads_, s.batch);
+  const int perImage = s.height * s.width;
+  const int maxImages = (s.batch + nt - 1) / nt;
+  float* col = scratch(static_cast<size_t>(nt) * maxImages * perImage * kk + nt * wsz);
+  float* parts = col + static_cast<size_t>(nt) * maxImages * perImage * kk;
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num();
+    const int b0 = s.batch * t / nt, b1 = s.batch * (t + 1) / nt;
+    float* myCol = col + static_cast<size_t>(t) * maxImages * perImage * kk;
+    float* part = t == 0 ? dw : parts + static_cast<size_t>(t) * wsz;
+    ConvShape sub = s;
+    sub.batch = b1 - b0;
+    if (sub.batch > 0) {
+      const size_t off = static_cast<size_t>(b0) * perImage;
+      im2col(sub, x + off * s.cin, myCol);
+      gemm(true, false, s.cout, kk, sub.batch * perImage, 1.0f, dy + off * s.cout, s.cout, myCol,
+           kk, 0.0f, part, kk);
+    } else {
+      std::fill(part, part + wsz, 0.0f);
+    }
+  }
+  for (int t = 1; t < nt; ++t) {
+    const float* part = parts + static_cast<size_t>(t) * wsz;
+    for (size_t i = 0; i < wsz; ++i) dw[i] += part[i];
+  }
+  if (dbias) biasGrad(dy, dbias, static_cast<int>(s.pixels()), s.cout);
+}
+
+// Direct convolution for single-channel input (the first layer of an image model), where
+// im2col would make a GEMM with k = 9 that no library runs fast. Weights are used transposed,
+// wt[tap][co], and the output channels are a compile-time width so that each pixel's
+// accumulators live in vector registers.
+namespace {
+
+template <int CO>
+void directForward(const ConvShape& s, const float* __restrict x, const float* __restrict wt,
+                   const float* __restrict bias, float* __restrict y) {
+  const int k = s.kernel, pad = s.pad(), H = s.height, W = s.width;
+  const int rows = s.batch * H;
+#pragma omp parallel for schedule(static) if (s.pixels() * k * k * CO > kParallelGrain)
+  for (int bh = 0; bh < rows; ++bh) {
+    const int b = bh / H, oh = bh % H;
+    for (int ow = 0; ow < W; ++ow) {
+      float acc[CO];
+      for (int co = 0; co < CO; ++co) acc[co] = bias ? bias[co] : 0.0f;
+      for (int kh = 0; kh < k; ++kh) {
+        const int ih = oh + kh - pad;
+        if (ih < 0 || ih >= H) continue;
+        for (int kw = 0; kw < k; ++kw) {
+          const int iw = ow + kw - pad;
+          if (iw < 0 || iw >= W) continue;
+          const float xv = x[(static_cast<size_t>(b) * H + ih) * W + iw];
+          const float* wr = wt + (kh * k + kw) * CO;
+          for (int co = 0; co < CO; ++co) acc[co] += xv * wr[co];
+        }
+      }
+      float* yp = y + (static_cast<size_t>(bh) * W + ow) * CO;
+      for (int co = 0; co < CO; ++co) yp[co] = acc[co];
+    }
+  }
+}
+
+// Accumulates dW (as wt[tap][co]) and the bias gradient of rows [r0, r1) into out.
+template <int CO>
+void directBackwardWeights(const ConvShape& s, const float* __restrict x,
+                           const float* __restrict dy, int r0, int r1, float* __restrict out) {
+  constexpr int kMaxTaps = 9;  // k * k with k <= 3 and cin = 1
+  const int k = s.kernel, pad = s.pad(), H = s.height, W = s.width;
+  const int taps = k * k;
+  float acc[kMaxTaps + 1][CO] = {};
+  for (int bh = r0; bh < r1; ++bh) {
+    const int b = bh / H, oh = bh % H;
+    for (int ow = 0; ow < W; ++ow) {
+      float g[CO];
+      const float* gp = dy + (static_cast<size_t>(bh) * W + ow) * CO;
+      for (int co = 0; co < CO; ++co) g[co] = gp[co];
+      for (int co = 0; co < CO; ++co) acc[kMaxTaps][co] += g[co];
+      for (int kh = 0; kh < k; ++kh) {
+        const int ih = oh + kh - pad;
+        if (ih < 0 || ih >= H) continue;
+        for (int kw = 0; kw < k; ++kw) {
+          const int iw = ow + kw - pad;
+          if (iw < 0 || iw >= W) continue;
+          const float xv = x[(static_cast<size_t>(b) * H + ih) * W + iw];
+          float* a = acc[kh * k + kw];
+          for (int co = 0; co < CO; ++co) a[co] += xv * g[co];
+        }
+      }
+    }
+  }
+  for (int t = 0; t < taps; ++t)
+    for (int co = 0; co < CO; ++co) out[t * CO + co] = acc[t][co];
+  for (int co = 0; co < CO; ++co) out[taps * CO + co] = acc[kMaxTaps][co];
+}
+
+}  // namespace
+
+bool CpuBackend::useDirect(const ConvShape& s) const {
+  return s.cin == 1 && s.kernel <= 3 && (s.cout == 8 || s.cout == 16 || s.cout == 32);
+}
+
+void CpuBackend::directConvForward(const ConvShape& s, const float* x, const float* w,
+                                   const float* bias, float* y) {
+  const int taps = s.kernel * s.kernel * s.cin, CO = s.cout;
+  if (scratch2_.size() < static_cast<size_t>(taps) * CO) scratch2_.resize(taps * CO);
+  float* wt = scratch2_.data();
+  for (int co = 0; co < CO; ++co)
+    for (int t = 0; t < taps; ++t) wt[t * CO + co] = w[co * taps + t];
+  switch (CO) {
+    case 8: directForward<8>(s, x, wt, bias, y); break;
+    case 16: directForward<16>(s, x, wt, bias, y); break;
+    default: directForward<32>(s, x, wt, bias, y); break;
+  }
+}
+
+void CpuBackend::directConvBackwardWeights(const ConvShape& s, const float* x, const float* dy,
+                                           float* dw, float* dbias) {
+  const int taps = s.kernel * s.kernel * s.cin, CO = s.cout;
+  const size_t wsz = static_cast<size_t>(taps + 1) * CO;  // + 1 row for the bias
+  const int rows = s.batch * s.height;
+  const int nt = s.pixels() * wsz > kParallelGrain ? std::min(threads_, rows) : 1;
+  float* parts = scratch(static_cast<size_t>(nt) * wsz);
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num();
+    const int r0 = rows * t / nt, r1 = rows * (t + 1) / nt;
+    float* out = parts + static_cast<size_t>(t) * wsz;
+    switch (CO) {
+      case 8: directBackwardWeights<8>(s, x, dy, r0, r1, out); break;
+      case 16: directBackwardWeights<16>(s, x, dy, r0, r1, out); break;
+      default: directBackwardWeights<32>(s, x, dy, r0, r1, out); break;
+    }
+  }
+  for (int t = 1; t < nt; ++t) {
+    const float* p = parts + static_cast<size_t>(t) * wsz;
+    for (size_t i = 0; i < wsz; ++i) parts[i] += p[i];
+  }
+  for (int co = 0; co < CO; ++co)
+    for (int tp = 0; tp < taps; ++tp) dw[co * taps + tp] = parts[tp * CO + co];
+  if (dbias)
+    for (int co = 0; co < CO; ++co) dbias[co] = parts[static_cast<size_t>(taps) * CO + co];
 }
 
 void CpuBackend::maxPoolForward(const PoolShape& s, const float* x, float* y, uint8_t* argmax) {

@@ -56,10 +56,17 @@ class CpuBackend final : public Backend {
   int threads() const { return threads_; }
 
  private:
-  float* scratch(size_t n);  // a reusable buffer (im2col columns, flipped weights)
+  static constexpr int kMaxDirectCout = 256;
+  bool useDirect(const ConvShape& s) const;
+  void directConvForward(const ConvShape& s, const float* x, const float* w, const float* bias,
+                         float* y);
+  void directConvBackwardWeights(const ConvShape& s, const float* x, const float* dy, float* dw,
+                                 float* dbias);
+  float* scratch(size_t n);  // a reusable buffer (im2col columns, partial sums)
   int threads_ = 1;
   std::vector<float> scratch_;
   std::vector<float> scratch2_;
+  std::vector<float> scratchT_;
 };
 
 }  // namespace phx::kernels
