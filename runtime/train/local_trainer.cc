@@ -81,14 +81,20 @@ TrainResult runLocal(const Config& cfg, const data::FashionMnist& fm) {
   const auto start = Clock::now();
   auto lastProgress = start;
   double lastEvalTime = 0;
-  double windowLoss = 0;
-  int64_t windowSteps = 0, samples = 0, windowSamples = 0;
-  double lastLoss = NAN, lastAcc = -1;
+  double windowLoss = 0, evalLoss = 0;  // progress window / since the previous evaluation
+  int64_t windowSteps = 0, evalSteps = 0, samples = 0, windowSamples = 0;
+  double lastLoss = NAN, lastAcc = -1, lastTestLoss = NAN;
   auto windowStart = start;
 
   auto doEval = [&](int64_t step, const char* event) {
+    // The row's train_loss is the mean over the steps since the previous row: deterministic
+    // for a fixed seed, unlike the progress line's time window.
+    if (evalSteps) lastLoss = evalLoss / evalSteps;
+    evalLoss = 0;
+    evalSteps = 0;
     const EvalResult e = evaluate(model, fm.test, cfg.evalBatch);
     lastAcc = e.accuracy;
+    lastTestLoss = e.loss;
     lastEvalTime = secondsSince(start);
     metrics.write(MetricsRow{lastEvalTime, step, static_cast<double>(step) / stepsPerEpoch,
                              lastLoss, e.accuracy, step, event});
@@ -113,6 +119,8 @@ TrainResult runLocal(const Config& cfg, const data::FashionMnist& fm) {
                      "); lower --lr (now ", cfg.lr, ")");
     windowLoss += loss;
     ++windowSteps;
+    evalLoss += loss;
+    ++evalSteps;
     samples += n;
     windowSamples += n;
 
@@ -120,7 +128,7 @@ TrainResult runLocal(const Config& cfg, const data::FashionMnist& fm) {
     const double now = secondsSince(start);
     if (std::chrono::duration<double>(Clock::now() - lastProgress).count() >= cfg.progressSeconds ||
         done == totalSteps) {
-      lastLoss = windowLoss / windowSteps;
+      const double shownLoss = windowLoss / windowSteps;
       const double rate = windowSamples / std::max(1e-9, secondsSince(windowStart));
       const double eta = (totalSteps - done) * (now / done);
       char acc[32] = "";
@@ -128,7 +136,7 @@ TrainResult runLocal(const Config& cfg, const data::FashionMnist& fm) {
       char line[256];
       std::snprintf(line, sizeof line, "step %lld/%lld  epoch %.2f  %.0f samples/s  loss %.4f%s  ETA %s",
                     static_cast<long long>(done), static_cast<long long>(totalSteps),
-                    static_cast<double>(done) / stepsPerEpoch, rate, lastLoss, acc,
+                    static_cast<double>(done) / stepsPerEpoch, rate, shownLoss, acc,
                     fmtDuration(eta).c_str());
       log::info(line);
       lastProgress = Clock::now();
@@ -141,17 +149,14 @@ TrainResult runLocal(const Config& cfg, const data::FashionMnist& fm) {
     const bool due = evalEvery.empty()  ? epochEnd
                      : evalEvery.isTime() ? now - lastEvalTime >= evalEvery.seconds
                                           : done % evalEvery.steps == 0;
-    if (due && done < totalSteps) {
-      if (windowSteps) lastLoss = windowLoss / windowSteps;
-      doEval(done, epochEnd ? "epoch" : "");
-    }
+    if (due && done < totalSteps) doEval(done, epochEnd ? "epoch" : "");
   }
   const double trainSeconds = secondsSince(start);
-  if (windowSteps) lastLoss = windowLoss / windowSteps;
   doEval(totalSteps, "end");
 
   TrainResult res;
   res.finalTrainLoss = lastLoss;
+  res.finalTestLoss = lastTestLoss;
   Summary& s = res.summary;
   s.finalTestAccuracy = lastAcc;
   s.steps = totalSteps;
@@ -165,6 +170,7 @@ TrainResult runLocal(const Config& cfg, const data::FashionMnist& fm) {
              {"samples", std::to_string(samples)},
              {"train_seconds", std::to_string(trainSeconds)},
              {"final_train_loss", std::to_string(lastLoss)},
+             {"final_test_loss", std::to_string(lastTestLoss)},
              {"workers", "1"},
              {"servers", "0"}};
   if (!cfg.summaryPath.empty()) writeFileAtomic(cfg.summaryPath, s.toJson());

@@ -14,7 +14,8 @@ namespace phx::train {
 
 struct TrainResult {
   Summary summary;
-  double finalTrainLoss = 0;
+  double finalTrainLoss = 0;  // mean over the steps since the previous evaluation
+  double finalTestLoss = 0;
 };
 
 // Accuracy and mean loss of the model on a whole dataset, in chunks of `chunk` samples.

@@ -56,10 +56,11 @@ TEST(Training, FixedSeedGivesIdenticalResults) {
   const auto a = train::runLocal(c, fm);
   const auto b = train::runLocal(c, fm);
   EXPECT_EQ(a.finalTrainLoss, b.finalTrainLoss);  // bit-identical
+  EXPECT_EQ(a.finalTestLoss, b.finalTestLoss);
   EXPECT_EQ(a.summary.finalTestAccuracy, b.summary.finalTestAccuracy);
   c.seed = 4;
   const auto d = train::runLocal(c, fm);
-  EXPECT_NE(a.finalTrainLoss, d.finalTrainLoss);
+  EXPECT_NE(a.finalTestLoss, d.finalTestLoss);
 }
 
 TEST(Training, FixedSeedIdenticalOnTwoThreads) {
@@ -69,6 +70,7 @@ TEST(Training, FixedSeedIdenticalOnTwoThreads) {
   const auto a = train::runLocal(c, fm);
   const auto b = train::runLocal(c, fm);
   EXPECT_EQ(a.finalTrainLoss, b.finalTrainLoss);
+  EXPECT_EQ(a.finalTestLoss, b.finalTestLoss);
 }
 
 TEST(Training, CnnAndMlpLearnASeparableTask) {
