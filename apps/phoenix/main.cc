@@ -32,6 +32,8 @@ void addTrainFlags(CLI::App& app, phx::Config& c) {
   app.add_option("--weight-decay", c.weightDecay, "L2 weight decay")
       ->check(CLI::NonNegativeNumber)->capture_default_str();
   app.add_flag("--nesterov", c.nesterov, "Nesterov momentum");
+  app.add_option("--lr-schedule", c.lrSchedule, "constant, or cosine (from --lr down to 0 over the run)")
+      ->check(CLI::IsMember({"constant", "cosine"}))->capture_default_str();
   app.add_option("--device", c.device, "cpu, cuda, or auto (CUDA when a GPU is usable)")
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}))->capture_default_str();
   app.add_option("--threads", c.threads, "CPU threads per rank (0 = OMP_NUM_THREADS or all cores)")

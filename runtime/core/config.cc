@@ -1,6 +1,7 @@
 #include "runtime/core/config.h"
 
 #include <cmath>
+#include <numbers>
 
 #include "runtime/core/error.h"
 
@@ -27,6 +28,12 @@ Schedule parseSchedule(const std::string& flag, const std::string& value) {
   return s;
 }
 
+double learningRate(const Config& c, int64_t step, int64_t totalSteps) {
+  if (c.lrSchedule != "cosine" || totalSteps <= 1) return c.lr;
+  const double t = static_cast<double>(step) / static_cast<double>(totalSteps);
+  return 0.5 * c.lr * (1.0 + std::cos(std::numbers::pi * t));
+}
+
 void Config::validate() const {
   if (batch < 1 || batch > 65536) PHX_USER_ERROR("--batch ", batch, " must be in 1..65536");
   if (epochs < 1 && steps <= 0) PHX_USER_ERROR("--epochs ", epochs, " must be at least 1");
@@ -37,6 +44,8 @@ void Config::validate() const {
   if (!(weightDecay >= 0.0) || !std::isfinite(weightDecay))
     PHX_USER_ERROR("--weight-decay ", weightDecay, " must be >= 0");
   if (nesterov && momentum == 0.0) PHX_USER_ERROR("--nesterov needs --momentum > 0");
+  if (lrSchedule != "constant" && lrSchedule != "cosine")
+    PHX_USER_ERROR("--lr-schedule '", lrSchedule, "' is not known (accepted: constant, cosine)");
   if (device != "cpu" && device != "cuda" && device != "auto")
     PHX_USER_ERROR("--device '", device, "' is not known (accepted: cpu, cuda, auto)");
   if (threads < 0 || threads > 1024) PHX_USER_ERROR("--threads ", threads, " must be in 0..1024");

@@ -30,6 +30,7 @@ struct Config {
   double momentum = 0.9;
   double weightDecay = 0.0;
   bool nesterov = false;
+  std::string lrSchedule = "constant";  // constant | cosine (to 0 over the run)
   // execution
   std::string device = "auto";  // cpu | cuda | auto
   int threads = 0;              // 0 = OpenMP's default (OMP_NUM_THREADS or all cores)
@@ -44,5 +45,8 @@ struct Config {
   // Throws UserError for values that cannot work, naming the flag and what is accepted.
   void validate() const;
 };
+
+// The learning rate of `step` (0-based) in a run of totalSteps under cfg.lrSchedule.
+double learningRate(const Config& cfg, int64_t step, int64_t totalSteps);
 
 }  // namespace phx

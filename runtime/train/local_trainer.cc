@@ -61,7 +61,7 @@ TrainResult runLocal(const Config& cfg, const data::FashionMnist& fm) {
   model.initParams(cfg.seed);
   kernels::DeviceArray<float> velocity(*backend, model.paramCount());
   backend->fill(velocity.data(), velocity.size(), 0.0f);
-  const kernels::SgdParams sgd{static_cast<float>(cfg.lr), static_cast<float>(cfg.momentum),
+  kernels::SgdParams sgd{static_cast<float>(cfg.lr), static_cast<float>(cfg.momentum),
                                static_cast<float>(cfg.weightDecay), cfg.nesterov};
 
   const data::Dataset& train = fm.train;
@@ -70,7 +70,7 @@ TrainResult runLocal(const Config& cfg, const data::FashionMnist& fm) {
   const int64_t totalSteps = cfg.steps > 0 ? cfg.steps : stepsPerEpoch * cfg.epochs;
   log::info("training ", spec.name, " (", model.paramCount(), " parameters) on ",
             backend->describe(), ": ", totalSteps, " steps of batch ", cfg.batch, ", lr ", cfg.lr,
-            ", momentum ", cfg.momentum);
+            ", momentum ", cfg.momentum, ", ", cfg.lrSchedule, " schedule");
 
   MetricsCsv metrics(cfg.metricsPath);
   std::vector<float> x(static_cast<size_t>(cfg.batch) * train.sampleSize());
@@ -112,6 +112,7 @@ TrainResult runLocal(const Config& cfg, const data::FashionMnist& fm) {
     const int n = static_cast<int>(std::min<int64_t>(cfg.batch, train.count - first));
     data::gatherBatch(train, order.data() + first, n, x.data(), y.data());
     const kernels::LossResult r = model.forwardBackward(x.data(), y.data(), n, cfg.seed, step);
+    sgd.lr = static_cast<float>(learningRate(cfg, step, totalSteps));
     backend->sgdStep(model.params(), model.grads(), velocity.data(), model.paramCount(), sgd);
     const double loss = r.lossSum / n;
     if (!std::isfinite(loss))

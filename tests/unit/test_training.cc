@@ -99,6 +99,17 @@ TEST(Sgd, MatchesPyTorchSemantics) {
   EXPECT_FLOAT_EQ(w[0], w0 - 0.1f * (0.9f * d0 + d1));
 }
 
+TEST(Config, CosineScheduleGoesFromLrToZero) {
+  Config c;
+  c.lr = 0.1;
+  EXPECT_DOUBLE_EQ(learningRate(c, 50, 100), 0.1);  // constant by default
+  c.lrSchedule = "cosine";
+  EXPECT_DOUBLE_EQ(learningRate(c, 0, 100), 0.1);
+  EXPECT_NEAR(learningRate(c, 50, 100), 0.05, 1e-12);
+  EXPECT_NEAR(learningRate(c, 100, 100), 0.0, 1e-12);
+  EXPECT_GT(learningRate(c, 99, 100), 0.0);
+}
+
 TEST(Config, RejectsBadValuesWithTheFlagName) {
   auto expectBad = [](auto mutate, const std::string& flag) {
     Config c;
@@ -115,6 +126,7 @@ TEST(Config, RejectsBadValuesWithTheFlagName) {
   expectBad([](Config& c) { c.momentum = 1.5; }, "--momentum");
   expectBad([](Config& c) { c.device = "tpu"; }, "--device");
   expectBad([](Config& c) { c.evalEvery = "abc"; }, "--eval-every");
+  expectBad([](Config& c) { c.lrSchedule = "step"; }, "--lr-schedule");
   EXPECT_THROW(kernels::parseModelSpec("resnet"), UserError);
   EXPECT_THROW(kernels::parseModelSpec("synthetic:12x"), UserError);
   EXPECT_EQ(parseSchedule("--eval-every", "30s").seconds, 30.0);
