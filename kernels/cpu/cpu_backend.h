@@ -56,7 +56,6 @@ class CpuBackend final : public Backend {
   int threads() const { return threads_; }
 
  private:
-  static constexpr int kMaxDirectCout = 256;
   bool useDirect(const ConvShape& s) const;
   void directConvForward(const ConvShape& s, const float* x, const float* w, const float* bias,
                          float* y);
