@@ -8,7 +8,7 @@ PHX=${1:?usage: accuracy.sh PATH/TO/phoenix [OUTDIR]}
 OUT=${2:-phoenix-run/accuracy}
 mkdir -p "$OUT"
 for seed in 0 1 2; do
-  "$PHX" train --epochs 3 --momentum 0 --lr 0.01 --batch 32 --seed $seed --threads 1 \
+  "$PHX" train --epochs 3 --momentum 0 --lr 0.01 --lr-schedule constant --batch 32 --seed $seed --threads 1 \
     --metrics "$OUT/paper_seed$seed.csv" --log-level warn
   echo "phoenix paper-settings seed $seed: $(cut -d, -f2,5 "$OUT/paper_seed$seed.csv" | tail -n +2 | tr '\n' ' ')"
   if /usr/bin/python3 -c 'import torch' 2>/dev/null; then

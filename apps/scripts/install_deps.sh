@@ -6,7 +6,8 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config openmpi-bin libopenmpi-dev libhdf5-dev hdf5-tools
       libcli11-dev libdnnl-dev ocl-icd-opencl-dev zlib1g-dev libgtest-dev libbenchmark-dev
       dataset-fashion-mnist python3-matplotlib python3-numpy python3-h5py)
-if [ "${1:-}" = "--torch" ]; then pkgs+=(python3-torch); fi
+# PyTorch links libblas.so.3: without OpenBLAS it gets the reference BLAS (10x slower).
+if [ "${1:-}" = "--torch" ]; then pkgs+=(python3-torch libopenblas0-pthread); fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -53,6 +53,8 @@ void im2col(const ConvShape& s, const float* x, float* col) {
 CpuBackend::CpuBackend(int threads) {
   if (threads > 0) omp_set_num_threads(threads);
   threads_ = omp_get_max_threads();
+  const char* conv = std::getenv("PHX_CPU_CONV");
+  useDnnl_ = !(conv && std::string(conv) == "im2col");
 }
 
 std::string CpuBackend::describe() const {
@@ -144,6 +146,10 @@ void CpuBackend::convForward(const ConvShape& s, const float* x, const float* w,
     directConvForward(s, x, w, bias, y);
     return;
   }
+  if (useDnnl_) {
+    dnnlConv_.forward(s, x, w, bias, y);
+    return;
+  }
   const int kk = s.kernel * s.kernel * s.cin;
   const int P = static_cast<int>(s.pixels());
   float* col = scratch(static_cast<size_t>(P) * kk);
@@ -156,6 +162,10 @@ void CpuBackend::convBackwardData(const ConvShape& s, const float* dy, const flo
                                   float* dx) {
   // With stride 1 and same padding, dx is the convolution of dy with the weights rotated by
   // 180 degrees and with in/out channels swapped: wf[ci][kh][kw][co] = w[co][k-1-kh][k-1-kw][ci].
+  if (useDnnl_ && !useDirect(s)) {
+    dnnlConv_.backwardData(s, dy, w, dx);
+    return;
+  }
   const int k = s.kernel;
   if (scratch2_.size() < s.weightCount()) scratch2_.resize(s.weightCount());
   float* wf = scratch2_.data();
@@ -175,6 +185,10 @@ void CpuBackend::convBackwardWeights(const ConvShape& s, const float* x, const f
                                      float* dw, float* dbias) {
   if (useDirect(s)) {
     directConvBackwardWeights(s, x, dy, dw, dbias);
+    return;
+  }
+  if (useDnnl_) {
+    dnnlConv_.backwardWeights(s, x, dy, dw, dbias);
     return;
   }
   // dW = dY^T col is a reduction over pixels: each thread reduces its own range of images

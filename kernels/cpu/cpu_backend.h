@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "kernels/backend.h"
+#include "kernels/cpu/dnnl_conv.h"
 
 namespace phx::kernels {
 
@@ -63,6 +64,8 @@ class CpuBackend final : public Backend {
                                  float* dbias);
   float* scratch(size_t n);  // a reusable buffer (im2col columns, partial sums)
   int threads_ = 1;
+  bool useDnnl_ = true;  // oneDNN convolution primitives; PHX_CPU_CONV=im2col selects im2col+GEMM
+  DnnlConv dnnlConv_;
   std::vector<float> scratch_;
   std::vector<float> scratch2_;
   std::vector<float> scratchT_;

@@ -52,6 +52,16 @@ void Config::validate() const {
   if (evalBatch < 1 || evalBatch > 10000) PHX_USER_ERROR("--eval-batch must be in 1..10000");
   if (!(progressSeconds > 0.0)) PHX_USER_ERROR("--progress-every must be > 0 seconds");
   parseSchedule("--eval-every", evalEvery);
+  if (servers < 1) PHX_USER_ERROR("--servers ", servers, " must be at least 1");
+  if (replicas < 0) PHX_USER_ERROR("--replicas ", replicas, " must be >= 0");
+  if (spares < 0) PHX_USER_ERROR("--spares ", spares, " must be >= 0");
+  if (groupSize < 1) PHX_USER_ERROR("--group-size ", groupSize, " must be >= 1");
+  if (sync != "bsp" && sync != "asp" && sync != "ssp")
+    PHX_USER_ERROR("--sync '", sync, "' is not known (accepted: bsp, asp, ssp)");
+  if (staleness < 0) PHX_USER_ERROR("--staleness ", staleness, " must be >= 0");
+  if (aggregate != "sum" && aggregate != "mean")
+    PHX_USER_ERROR("--aggregate '", aggregate, "' is not known (accepted: sum, mean)");
+  if (!(peerTimeoutS > 0.0)) PHX_USER_ERROR("--peer-timeout must be > 0 seconds");
 }
 
 }  // namespace phx

@@ -26,14 +26,23 @@ struct Config {
   int64_t steps = 0;  // per worker; 0 = run `epochs` epochs
   uint64_t seed = 0;
   // optimizer
-  double lr = 0.01;
+  double lr = 0.02;
   double momentum = 0.9;
   double weightDecay = 0.0;
   bool nesterov = false;
-  std::string lrSchedule = "constant";  // constant | cosine (to 0 over the run)
+  std::string lrSchedule = "cosine";  // cosine (to 0 over the run) | constant
   // execution
   std::string device = "auto";  // cpu | cuda | auto
   int threads = 0;              // 0 = OpenMP's default (OMP_NUM_THREADS or all cores)
+  // parameter-server job (used when started under mpirun with more than one rank)
+  int servers = 1;
+  int replicas = 0;
+  int spares = 0;
+  int groupSize = 1;
+  std::string sync = "bsp";       // bsp | asp | ssp
+  int staleness = 3;              // SSP bound s
+  std::string aggregate = "sum";  // how a BSP round combines gradients: sum (the papers) | mean
+  double peerTimeoutS = 120;      // longest wait on one peer before it is declared unresponsive
   // outputs
   std::string metricsPath;
   std::string summaryPath;

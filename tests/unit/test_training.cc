@@ -9,31 +9,10 @@
 #include "runtime/core/config.h"
 #include "runtime/core/error.h"
 #include "runtime/train/local_trainer.h"
+#include "tests/unit/toy_data.h"
 
 namespace phx {
 namespace {
-
-// Two easily separable classes drawn as bright top or bright bottom halves, plus noise.
-data::FashionMnist toyData(int n) {
-  data::FashionMnist fm;
-  std::mt19937 rng(1);
-  for (data::Dataset* ds : {&fm.train, &fm.test}) {
-    ds->count = n;
-    ds->rows = ds->cols = 28;
-    ds->images.resize(static_cast<size_t>(n) * 784);
-    ds->labels.resize(n);
-    for (int i = 0; i < n; ++i) {
-      const int cls = static_cast<int>(rng() % 2);
-      ds->labels[i] = static_cast<uint8_t>(cls);
-      for (int p = 0; p < 784; ++p) {
-        const bool top = p < 392;
-        ds->images[static_cast<size_t>(i) * 784 + p] =
-            static_cast<uint8_t>((top == (cls == 0) ? 180 : 40) + rng() % 60);
-      }
-    }
-  }
-  return fm;
-}
 
 Config smallConfig(const std::string& model) {
   Config c;
@@ -102,7 +81,8 @@ TEST(Sgd, MatchesPyTorchSemantics) {
 TEST(Config, CosineScheduleGoesFromLrToZero) {
   Config c;
   c.lr = 0.1;
-  EXPECT_DOUBLE_EQ(learningRate(c, 50, 100), 0.1);  // constant by default
+  c.lrSchedule = "constant";
+  EXPECT_DOUBLE_EQ(learningRate(c, 50, 100), 0.1);
   c.lrSchedule = "cosine";
   EXPECT_DOUBLE_EQ(learningRate(c, 0, 100), 0.1);
   EXPECT_NEAR(learningRate(c, 50, 100), 0.05, 1e-12);
