@@ -2,6 +2,7 @@
 // This is the only place that turns errors into exit codes.
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 
 #include "apps/phoenix/bench_kernels.h"
@@ -9,9 +10,53 @@
 #include "runtime/core/config.h"
 #include "runtime/core/error.h"
 #include "runtime/core/log.h"
+#include "runtime/train/dist_trainer.h"
 #include "runtime/train/local_trainer.h"
+#include "runtime/transport/mpi/mpi_transport.h"
 
 namespace {
+
+// True when this process was started by mpirun/srun (then MPI is initialised, even for 1 rank).
+bool launchedByMpi() {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK"})
+    if (std::getenv(v)) return true;
+  return false;
+}
+
+// `phoenix train`: one process, or this rank's role in an MPI job. Returns the exit code.
+int runTrain(const phx::Config& cfg) {
+  if (!launchedByMpi()) {
+    phx::train::runLocal(cfg);
+    return 0;
+  }
+  int provided = 0;
+  PHX_MPI_CHECK(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided));
+  int size = 1, rank = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  int code = 0;
+  try {
+    if (size == 1) {
+      phx::train::runLocal(cfg);
+    } else {
+      phx::transport::MpiTransport t(MPI_COMM_WORLD);
+      phx::train::runDistributed(cfg, t);
+    }
+  } catch (const phx::UserError& e) {
+    std::fprintf(stderr, "phoenix: error: [rank %d] %s\n", rank, e.what());
+    code = 2;
+  } catch (const phx::transport::PeerFailure& e) {
+    std::fprintf(stderr, "phoenix: error: [rank %d] %s\n", rank, e.what());
+    code = 3;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "phoenix: fatal: [rank %d] %s\n", rank, e.what());
+    code = 1;
+  }
+  // A rank that failed ends the whole job at once rather than leaving its peers waiting.
+  if (code != 0 && size > 1) MPI_Abort(MPI_COMM_WORLD, code);
+  MPI_Finalize();
+  return code;
+}
 
 void addTrainFlags(CLI::App& app, phx::Config& c) {
   app.add_option("--model", c.model, "Model: cnn (the papers' CNN), mlp (784-512-256-10), synthetic:N")
@@ -38,6 +83,25 @@ void addTrainFlags(CLI::App& app, phx::Config& c) {
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}))->capture_default_str();
   app.add_option("--threads", c.threads, "CPU threads per rank (0 = OMP_NUM_THREADS or all cores)")
       ->check(CLI::Range(0, 1024))->capture_default_str();
+  app.add_option("--servers", c.servers, "Parameter-server shards (ranks 0..S-1) in an mpirun job")
+      ->check(CLI::Range(1, 4096))->capture_default_str();
+  app.add_option("--replicas", c.replicas, "Backup servers per shard (chain replication)")
+      ->check(CLI::Range(0, 64))->capture_default_str();
+  app.add_option("--spares", c.spares, "Idle ranks that can take over a dead server's role")
+      ->check(CLI::Range(0, 4096))->capture_default_str();
+  app.add_option("--group-size", c.groupSize,
+                 "Workers per group: a group reduces its gradients first, its leader talks to the servers")
+      ->check(CLI::Range(1, 4096))->capture_default_str();
+  app.add_option("--sync", c.sync, "Consistency: bsp, asp, or ssp (with --staleness)")
+      ->check(CLI::IsMember({"bsp", "asp", "ssp"}))->capture_default_str();
+  app.add_option("--staleness", c.staleness, "SSP bound: how many clocks a worker may run ahead of the slowest")
+      ->check(CLI::Range(0, 1000000))->capture_default_str();
+  app.add_option("--aggregate", c.aggregate,
+                 "How a BSP round (and a worker group) combines gradients: sum (the papers) or mean")
+      ->check(CLI::IsMember({"sum", "mean"}))->capture_default_str();
+  app.add_option("--peer-timeout", c.peerTimeoutS,
+                 "Seconds a rank waits on one peer before declaring it unresponsive")
+      ->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--metrics", c.metricsPath, "Write one CSV row per evaluation to this file");
   app.add_option("--summary", c.summaryPath, "Write a JSON summary of the run to this file");
   app.add_option("--eval-every", c.evalEvery,
@@ -86,8 +150,7 @@ int main(int argc, char** argv) {
   try {
     if (train->parsed()) {
       phx::log::setLevel(phx::log::parseLevel(cfg.logLevel));
-      phx::train::runLocal(cfg);
-      return 0;
+      return runTrain(cfg);
     }
     if (benchKernels->parsed()) {
       for (const auto& m : kb.models) phx::kernels::parseModelSpec(m);

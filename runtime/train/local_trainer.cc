@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "runtime/core/log.h"
+#include "runtime/train/progress.h"
 
 namespace phx::train {
 
@@ -13,6 +14,8 @@ using Clock = std::chrono::steady_clock;
 double secondsSince(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
+}  // namespace
+
 std::string fmtDuration(double s) {
   if (!std::isfinite(s) || s < 0) return "?";
   const int t = static_cast<int>(s + 0.5);
@@ -25,7 +28,6 @@ std::string fmtDuration(double s) {
     std::snprintf(b, sizeof b, "%ds", t);
   return b;
 }
-}  // namespace
 
 EvalResult evaluate(kernels::Model& model, const data::Dataset& ds, int chunk) {
   chunk = std::min(chunk, model.maxBatch());
@@ -54,7 +56,6 @@ TrainResult runLocal(const Config& cfg) {
 
 TrainResult runLocal(const Config& cfg, const data::FashionMnist& fm) {
   cfg.validate();
-  const Schedule evalEvery = parseSchedule("--eval-every", cfg.evalEvery);
   auto backend = kernels::makeBackend(cfg.device, cfg.threads);
   const kernels::ModelSpec spec = kernels::parseModelSpec(cfg.model);
   kernels::Model model(*backend, spec, std::max(cfg.batch, cfg.evalBatch));
@@ -77,26 +78,20 @@ TrainResult runLocal(const Config& cfg, const data::FashionMnist& fm) {
   std::vector<int32_t> y(cfg.batch);
   std::vector<uint32_t> order;
   int currentEpoch = -1;
-
-  const auto start = Clock::now();
-  auto lastProgress = start;
-  double lastEvalTime = 0;
-  double windowLoss = 0, evalLoss = 0;  // progress window / since the previous evaluation
-  int64_t windowSteps = 0, evalSteps = 0, samples = 0, windowSamples = 0;
+  Progress progress(cfg, totalSteps, stepsPerEpoch);
+  int64_t samples = 0;
   double lastLoss = NAN, lastAcc = -1, lastTestLoss = NAN;
-  auto windowStart = start;
 
   auto doEval = [&](int64_t step, const char* event) {
     // The row's train_loss is the mean over the steps since the previous row: deterministic
     // for a fixed seed, unlike the progress line's time window.
-    if (evalSteps) lastLoss = evalLoss / evalSteps;
-    evalLoss = 0;
-    evalSteps = 0;
+    const double l = progress.takeEvalLoss();
+    if (std::isfinite(l)) lastLoss = l;
     const EvalResult e = evaluate(model, fm.test, cfg.evalBatch);
     lastAcc = e.accuracy;
     lastTestLoss = e.loss;
-    lastEvalTime = secondsSince(start);
-    metrics.write(MetricsRow{lastEvalTime, step, static_cast<double>(step) / stepsPerEpoch,
+    progress.markEval(e.accuracy);
+    metrics.write(MetricsRow{progress.elapsed(), step, static_cast<double>(step) / stepsPerEpoch,
                              lastLoss, e.accuracy, step, event});
     log::info("eval  step ", step, " epoch ", static_cast<double>(step) / stepsPerEpoch,
               "  test accuracy ", e.accuracy * 100.0, " %  test loss ", e.loss);
@@ -118,41 +113,12 @@ TrainResult runLocal(const Config& cfg, const data::FashionMnist& fm) {
     if (!std::isfinite(loss))
       PHX_USER_ERROR("training diverged at step ", step, " (loss ", loss,
                      "); lower --lr (now ", cfg.lr, ")");
-    windowLoss += loss;
-    ++windowSteps;
-    evalLoss += loss;
-    ++evalSteps;
     samples += n;
-    windowSamples += n;
-
     const int64_t done = step + 1;
-    const double now = secondsSince(start);
-    if (std::chrono::duration<double>(Clock::now() - lastProgress).count() >= cfg.progressSeconds ||
-        done == totalSteps) {
-      const double shownLoss = windowLoss / windowSteps;
-      const double rate = windowSamples / std::max(1e-9, secondsSince(windowStart));
-      const double eta = (totalSteps - done) * (now / done);
-      char acc[32] = "";
-      if (lastAcc >= 0) std::snprintf(acc, sizeof acc, "  acc %.2f %%", lastAcc * 100.0);
-      char line[256];
-      std::snprintf(line, sizeof line, "step %lld/%lld  epoch %.2f  %.0f samples/s  loss %.4f%s  ETA %s",
-                    static_cast<long long>(done), static_cast<long long>(totalSteps),
-                    static_cast<double>(done) / stepsPerEpoch, rate, shownLoss, acc,
-                    fmtDuration(eta).c_str());
-      log::info(line);
-      lastProgress = Clock::now();
-      windowStart = lastProgress;
-      windowLoss = 0;
-      windowSteps = 0;
-      windowSamples = 0;
-    }
-    const bool epochEnd = done % stepsPerEpoch == 0;
-    const bool due = evalEvery.empty()  ? epochEnd
-                     : evalEvery.isTime() ? now - lastEvalTime >= evalEvery.seconds
-                                          : done % evalEvery.steps == 0;
-    if (due && done < totalSteps) doEval(done, epochEnd ? "epoch" : "");
+    progress.step(done, n, loss);
+    if (progress.evalDue(done)) doEval(done, done % stepsPerEpoch == 0 ? "epoch" : "");
   }
-  const double trainSeconds = secondsSince(start);
+  const double trainSeconds = progress.elapsed();
   doEval(totalSteps, "end");
 
   TrainResult res;

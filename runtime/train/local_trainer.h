@@ -24,6 +24,9 @@ struct EvalResult {
 };
 EvalResult evaluate(kernels::Model& model, const data::Dataset& ds, int chunk);
 
+// "42s", "3m05s", "1h02m" ("?" when unknown).
+std::string fmtDuration(double seconds);
+
 // Runs the configured training; writes the metrics CSV and summary JSON when asked to.
 TrainResult runLocal(const Config& cfg);
 // The same with a dataset already in memory (tests).

@@ -1,0 +1,222 @@
+#include "runtime/ps/server.h"
+
+#include <algorithm>
+#include <limits>
+
+#include "runtime/core/log.h"
+
+namespace phx::ps {
+
+using transport::Header;
+using transport::MsgType;
+
+Server::Server(transport::Transport& t, const RoleLayout& layout, const ServerOptions& opt,
+               const sync::SyncPolicy& policy, kernels::Backend& backend,
+               std::vector<float> initial)
+    : t_(t), layout_(layout), opt_(opt), policy_(policy), be_(backend), w_(std::move(initial)) {
+  const size_t n = static_cast<size_t>(opt_.range.size());
+  PHX_ENFORCE(w_.size() == n, "shard ", opt_.shard, " got ", w_.size(), " initial weights for ",
+              n, " keys");
+  PHX_ENFORCE(opt_.clients >= 1, "a server needs clients");
+  v_.assign(n, 0.0f);
+  recv_.resize(n);
+  if (policy_.roundBased()) acc_.assign(n, 0.0f);
+  clocks_.assign(opt_.clients, 0);
+  done_.assign(opt_.clients, 0);
+}
+
+void Server::reject(const Header& h, int src, const std::string& why) {
+  ++stats_.rejected;
+  log::error("shard ", opt_.shard, " rejected a ", transport::msgTypeName(h.type),
+             " message from rank ", src, ": ", why, " (not applied)");
+}
+
+bool Server::validate(const Header& h, int src, MsgType expect, bool withPayload) {
+  std::string why;
+  const int64_t wantBytes = withPayload ? opt_.range.size() * int64_t{sizeof(float)} : 0;
+  if (h.magic != transport::kMagic) {
+    why = "bad magic number (not a Phoenix message)";
+  } else if (h.type != expect) {
+    why = "wrong message type";
+  } else if (h.epoch != opt_.epoch) {
+    why = detail::concat("epoch ", h.epoch, " is not the current epoch ", opt_.epoch);
+  } else if (h.shard != opt_.shard) {
+    why = detail::concat("addressed to shard ", h.shard, ", this is shard ", opt_.shard);
+  } else if (h.client < 0 || h.client >= opt_.clients) {
+    why = detail::concat("client ", h.client, " is not in 0..", opt_.clients - 1);
+  } else if (src != layout_.workerRank(layout_.leaderOf(h.client))) {
+    why = detail::concat("client ", h.client, " speaks from rank ",
+                         layout_.workerRank(layout_.leaderOf(h.client)), ", not ", src);
+  } else if (withPayload && (h.offset != opt_.range.lo || h.bytes != wantBytes)) {
+    why = detail::concat("payload covers keys [", h.offset, ", ", h.offset + h.bytes / 4,
+                         ") in ", h.bytes, " bytes; this shard owns [", opt_.range.lo, ", ",
+                         opt_.range.hi, ")");
+  } else if (!withPayload && h.bytes != 0) {
+    why = "unexpected payload";
+  } else if (h.clock < 0) {
+    why = detail::concat("negative clock ", h.clock);
+  }
+  if (why.empty()) return true;
+  if (h.bytes > 0 && h.bytes <= wantBytes + (1 << 20))
+    t_.discardPayload(src, h.type, static_cast<size_t>(h.bytes), opt_.timeoutS);
+  reject(h, src, why);
+  return false;
+}
+
+bool Server::step() {
+  bool any = false;
+  Header h;
+  int src = -1;
+  // Pushes first: a pull that waits on a round is then answered in the same pass.
+  while (t_.poll(MsgType::kPush, &h, &src)) {
+    any = true;
+    handlePush(h, src);
+  }
+  while (t_.poll(MsgType::kPull, &h, &src)) {
+    any = true;
+    handlePull(h, src);
+  }
+  while (t_.poll(MsgType::kDone, &h, &src)) {
+    any = true;
+    handleDone(h, src);
+  }
+  if (any) serveDeferred();
+  return any;
+}
+
+void Server::handlePush(const Header& h, int src) {
+  if (!validate(h, src, MsgType::kPush, true)) return;
+  const int c = h.client;
+  std::string why;
+  if (done_[c])
+    why = detail::concat("client ", c, " already said it was done");
+  else if (h.clock != clocks_[c])
+    why = detail::concat("clock ", h.clock, " out of order (client ", c, " is at clock ",
+                         clocks_[c], ")");
+  else if (policy_.roundBased() && h.clock != stats_.version)
+    why = detail::concat("clock ", h.clock, " is not the open round ", stats_.version);
+  if (!why.empty()) {
+    t_.discardPayload(src, h.type, static_cast<size_t>(h.bytes), opt_.timeoutS);
+    reject(h, src, why);
+    return;
+  }
+  // Straight into the receive buffer: the gradient is either summed into the round or applied.
+  t_.recvPayload(src, MsgType::kPush, recv_.data(), static_cast<size_t>(h.bytes), opt_.timeoutS);
+  stats_.bytesIn += static_cast<double>(h.bytes);
+  ++stats_.gradients;
+  ++clocks_[c];
+  if (policy_.roundBased()) {
+    if (roundPushes_ == 0) {
+      std::copy(recv_.begin(), recv_.end(), acc_.begin());
+      roundBaseMin_ = h.version;
+    } else {
+      be_.axpy(acc_.size(), 1.0f, recv_.data(), acc_.data());
+      roundBaseMin_ = std::min(roundBaseMin_, h.version);
+    }
+    ++roundPushes_;
+    if (roundPushes_ == opt_.clients - doneCount_) closeRound();
+  } else {
+    apply(recv_.data(), h.version);
+  }
+  if (h.flags & transport::kPullAfter) {
+    const PendingPull p{c, src, h.clock + 1};
+    if (!tryServe(p)) deferred_.push_back(p);
+  }
+}
+
+void Server::closeRound() {
+  if (opt_.aggregate == sync::Aggregate::kMean && roundPushes_ > 1)
+    be_.scale(acc_.size(), 1.0f / static_cast<float>(roundPushes_), acc_.data());
+  apply(acc_.data(), roundBaseMin_);
+  roundPushes_ = 0;
+}
+
+void Server::apply(const float* grad, int64_t baseVersion) {
+  waitReplies();
+  kernels::SgdParams p = opt_.sgd;
+  if (opt_.lrAt) p.lr = static_cast<float>(opt_.lrAt(stats_.version));
+  be_.sgdStep(w_.data(), grad, v_.data(), w_.size(), p);
+  const int64_t staleness = stats_.version - baseVersion;
+  stats_.maxStaleness = std::max(stats_.maxStaleness, staleness);
+  stats_.stalenessSum += static_cast<double>(staleness);
+  ++stats_.version;
+}
+
+void Server::handlePull(const Header& h, int src) {
+  if (!validate(h, src, MsgType::kPull, false)) return;
+  const PendingPull p{h.client, src, h.clock};
+  if (!tryServe(p)) deferred_.push_back(p);
+}
+
+void Server::handleDone(const Header& h, int src) {
+  if (!validate(h, src, MsgType::kDone, false)) return;
+  if (done_[h.client]) return;
+  done_[h.client] = 1;
+  ++doneCount_;
+  log::debug("shard ", opt_.shard, ": client ", h.client, " done at clock ", clocks_[h.client]);
+  // A round that was only waiting for this client can close now.
+  if (policy_.roundBased() && roundPushes_ > 0 && roundPushes_ == opt_.clients - doneCount_)
+    closeRound();
+}
+
+int64_t Server::minActiveClock() const {
+  int64_t m = std::numeric_limits<int64_t>::max();
+  for (int c = 0; c < opt_.clients; ++c)
+    if (!done_[c]) m = std::min(m, clocks_[c]);
+  return m;
+}
+
+bool Server::tryServe(const PendingPull& p) {
+  const int64_t minClock = minActiveClock();
+  if (!policy_.mayStart(p.clock, stats_.version, minClock)) return false;
+  if (minClock != std::numeric_limits<int64_t>::max())
+    stats_.maxLead = std::max(stats_.maxLead, p.clock - minClock);
+  Header r;
+  r.type = MsgType::kPullReply;
+  r.shard = opt_.shard;
+  r.client = p.client;
+  r.epoch = opt_.epoch;
+  r.clock = p.clock;
+  r.version = stats_.version;
+  r.offset = opt_.range.lo;
+  r.bytes = static_cast<int64_t>(w_.size() * sizeof(float));
+  inflight_.push_back(t_.send(p.src, r, w_.data()));
+  ++stats_.pullsServed;
+  stats_.bytesOut += static_cast<double>(r.bytes);
+  return true;
+}
+
+void Server::serveDeferred() {
+  // Serving one pull never unblocks another (only pushes and dones do), so one pass suffices.
+  auto keep = std::remove_if(deferred_.begin(), deferred_.end(),
+                             [&](const PendingPull& p) { return tryServe(p); });
+  deferred_.erase(keep, deferred_.end());
+}
+
+void Server::waitReplies() {
+  for (transport::SendId id : inflight_) t_.waitSend(id, opt_.timeoutS);
+  inflight_.clear();
+}
+
+void Server::run(int reportTo) {
+  transport::Backoff idle;
+  while (!allDone()) {
+    if (step())
+      idle.reset();
+    else
+      idle.pause();
+  }
+  waitReplies();
+  if (reportTo < 0) return;
+  Header f;
+  f.type = MsgType::kFinal;
+  f.shard = opt_.shard;
+  f.epoch = opt_.epoch;
+  f.version = stats_.version;
+  f.offset = opt_.range.lo;
+  f.bytes = static_cast<int64_t>(w_.size() * sizeof(float));
+  inflight_.push_back(t_.send(reportTo, f, w_.data()));
+  waitReplies();
+}
+
+}  // namespace phx::ps

@@ -1,0 +1,108 @@
+// The message layer every Phoenix role talks through. A message is a fixed 64-byte Header,
+// optionally followed by a payload sent straight from the caller's buffer and received straight
+// into the caller's buffer (no staging copies). Messages of one type between two ranks arrive in
+// the order they were sent. Two implementations: mpi/ (point-to-point only, never a collective,
+// so that a dead rank cannot hang anyone) and inproc/ (ranks as threads, for unit tests).
+// Nothing here blocks without a deadline: a wait that outlives it throws PeerFailure.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "runtime/core/error.h"
+
+namespace phx::transport {
+
+inline constexpr uint32_t kMagic = 0x50484e58;  // "PHNX"
+
+enum class MsgType : uint16_t {
+  kPush = 1,          // worker -> server: gradient slice for (clock)
+  kPull = 2,          // worker -> server: weights wanted once (clock) is allowed
+  kPullReply = 3,     // server -> worker: weights slice at (version)
+  kDone = 4,          // worker -> server: no more pushes from this worker
+  kStats = 5,         // any -> chief worker: end-of-run counters (payload: doubles)
+  kGroupGrad = 6,     // group member -> leader: gradient to reduce
+  kGroupWeights = 7,  // leader -> group member: weights after the pull
+  kFinal = 8,         // server -> chief worker: final weights slice after every worker is done
+};
+inline constexpr int kNumMsgTypes = 9;
+const char* msgTypeName(MsgType t);
+
+enum HeaderFlags : uint16_t {
+  kPullAfter = 1,  // on a push: also a pull request for clock + 1
+};
+
+// Trivially copyable, sent as 64 raw bytes; both ends are the same binary.
+struct Header {
+  uint32_t magic = kMagic;
+  MsgType type = MsgType::kPush;
+  uint16_t flags = 0;
+  int32_t shard = -1;   // parameter shard the message is about (-1: none)
+  int32_t client = -1;  // logical worker/client index of the sender or addressee
+  int32_t epoch = 0;    // recovery epoch (bumped on every communicator rebuild)
+  int32_t reserved = 0;
+  int64_t clock = 0;    // the worker's iteration
+  int64_t version = 0;  // shard version (updates applied) the payload is at / based on
+  int64_t offset = 0;   // first key of the payload in the flat parameter vector
+  int64_t bytes = 0;    // payload size in bytes (0: no payload)
+  double value = 0;     // one scalar riding along (e.g. the worker's loss)
+};
+static_assert(sizeof(Header) == 64, "Header must stay 64 bytes");
+
+// A peer did not answer within the deadline (dead, frozen, or the job is wedged).
+class PeerFailure : public std::runtime_error {
+ public:
+  PeerFailure(std::vector<int> ranks, int epoch, const std::string& what)
+      : std::runtime_error(what), ranks_(std::move(ranks)), epoch_(epoch) {}
+  const std::vector<int>& ranks() const { return ranks_; }
+  int epoch() const { return epoch_; }
+
+ private:
+  std::vector<int> ranks_;
+  int epoch_;
+};
+
+using SendId = int64_t;
+
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+
+  // Starts sending h (h.bytes set by the caller) and then the payload, without blocking. The
+  // payload must stay valid and unchanged until sendDone(id) is true or waitSend(id) returns.
+  virtual SendId send(int dst, const Header& h, const void* payload) = 0;
+  virtual bool sendDone(SendId id) = 0;
+  // Waits for a send to complete (or throws PeerFailure after timeoutS).
+  void waitSend(SendId id, double timeoutS);
+
+  // Non-blocking: when a header of this type is waiting (from any rank), takes it and returns
+  // true. Its payload (h->bytes) must be taken next with recvPayload or discardPayload before
+  // another header of this type from the same rank.
+  virtual bool poll(MsgType type, Header* h, int* src) = 0;
+  // Receives the payload of the header last polled of this type from src into dst, waiting up
+  // to timeoutS. bytes must equal the header's.
+  virtual void recvPayload(int src, MsgType type, void* dst, size_t bytes, double timeoutS) = 0;
+  void discardPayload(int src, MsgType type, size_t bytes, double timeoutS);
+
+  // Waits for a header of this type, sleeping between polls (never spinning); throws
+  // PeerFailure naming `waitingFor` after timeoutS.
+  void waitHeader(MsgType type, Header* h, int* src, double timeoutS, const std::string& what);
+};
+
+// Poll loop pacing shared by every wait: a few immediate retries, then sleeps growing from
+// 20 us to 500 us. An idle rank stays at a few percent of a core (shared/infra-notes.md),
+// while a message that arrives while the rank is busy is seen within half a millisecond.
+class Backoff {
+ public:
+  void pause();
+  void reset() { n_ = 0; }
+
+ private:
+  int n_ = 0;
+};
+
+}  // namespace phx::transport
