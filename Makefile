@@ -6,7 +6,7 @@ CMAKE_FLAGS ?=
 PHX := $(BUILD)/bin/phoenix
 RUN_DIR ?= phoenix-run
 
-.PHONY: all deps build run test test-unit bench bench-torch accuracy clean
+.PHONY: all deps build run test test-unit bench bench-torch bench-runtime accuracy clean
 
 all: build
 
@@ -34,6 +34,10 @@ bench: build
 bench-torch: build
 	apps/scripts/install_deps.sh --torch
 	/usr/bin/python3 apps/scripts/bench_vs_torch.py --phoenix $(PHX)
+
+# Parameter-server runtime figures (push+pull vs allreduce, job throughput, CPU per rank).
+bench-runtime: build
+	apps/scripts/bench_runtime.sh $(PHX)
 
 # The accuracy figures of docs/perf.md (paper settings and Phoenix defaults).
 accuracy: build

@@ -6,6 +6,7 @@
 #include <exception>
 
 #include "apps/phoenix/bench_kernels.h"
+#include "apps/phoenix/bench_pushpull.h"
 #include "phx_config.h"
 #include "runtime/core/config.h"
 #include "runtime/core/error.h"
@@ -141,6 +142,16 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber)->capture_default_str();
   benchKernels->add_option("--json", kb.jsonPath, "Also write the results as JSON");
 
+  phx::apps::PushPullBenchOptions pb;
+  CLI::App* benchPushPull = bench->add_subcommand(
+      "pushpull", "Push+pull per step vs MPI_Allreduce of the same size (run under mpirun)");
+  benchPushPull->add_option("--servers", pb.servers, "Server ranks (the rest are workers)")
+      ->check(CLI::Range(1, 4096))->capture_default_str();
+  benchPushPull->add_option("--sizes", pb.sizes, "Gradient sizes in floats")->capture_default_str();
+  benchPushPull->add_option("--seconds", pb.seconds, "Measured seconds per size and method")
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  benchPushPull->add_option("--json", pb.jsonPath, "Also write the results as JSON");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -152,6 +163,7 @@ int main(int argc, char** argv) {
       phx::log::setLevel(phx::log::parseLevel(cfg.logLevel));
       return runTrain(cfg);
     }
+    if (benchPushPull->parsed()) return phx::apps::runPushPullBench(pb);
     if (benchKernels->parsed()) {
       for (const auto& m : kb.models) phx::kernels::parseModelSpec(m);
       return phx::apps::runKernelBench(kb);

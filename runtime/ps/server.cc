@@ -100,14 +100,16 @@ void Server::handlePush(const Header& h, int src) {
     reject(h, src, why);
     return;
   }
-  // Straight into the receive buffer: the gradient is either summed into the round or applied.
-  t_.recvPayload(src, MsgType::kPush, recv_.data(), static_cast<size_t>(h.bytes), opt_.timeoutS);
+  // Straight into place: a round's first gradient lands in the accumulator itself, the others
+  // in the receive buffer to be summed in; ASP/SSP gradients are applied from there.
+  const bool firstOfRound = policy_.roundBased() && roundPushes_ == 0;
+  t_.recvPayload(src, MsgType::kPush, firstOfRound ? acc_.data() : recv_.data(),
+                 static_cast<size_t>(h.bytes), opt_.timeoutS);
   stats_.bytesIn += static_cast<double>(h.bytes);
   ++stats_.gradients;
   ++clocks_[c];
   if (policy_.roundBased()) {
-    if (roundPushes_ == 0) {
-      std::copy(recv_.begin(), recv_.end(), acc_.begin());
+    if (firstOfRound) {
       roundBaseMin_ = h.version;
     } else {
       be_.axpy(acc_.size(), 1.0f, recv_.data(), acc_.data());
