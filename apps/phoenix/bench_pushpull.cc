@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "apps/phoenix/mpi_main.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "runtime/core/error.h"
 #include "runtime/core/log.h"
@@ -97,14 +98,9 @@ int runPushPullBench(const PushPullBenchOptions& opt) {
   // coll_tuned_use_dynamic_rules can only be set before MPI_Init (MPI_T may not write it); with
   // no algorithm forced, Open MPI's decisions stay its defaults. A user's own setting wins.
   setenv("OMPI_MCA_coll_tuned_use_dynamic_rules", "1", 0);
-  int provided = 0;
-  PHX_MPI_CHECK(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided));
-  MPI_T_init_thread(MPI_THREAD_FUNNELED, &provided);
-  int rank = 0, size = 1;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
-  int code = 0;
-  try {
+  return runUnderMpi([&opt](int rank, int size) {
+    int provided = 0;
+    MPI_T_init_thread(MPI_THREAD_FUNNELED, &provided);
     const ps::RoleLayout layout(size, opt.servers, 0, 0, 1);
     const bool server = layout.roleOf(rank) == ps::Role::kServer;
     log::setIdentity(rank, server ? "server" : "worker", rank == layout.chiefRank());
@@ -195,17 +191,8 @@ int runPushPullBench(const PushPullBenchOptions& opt) {
     }
     MPI_Comm_free(&ring);
     MPI_Comm_free(&workers);
-  } catch (const UserError& e) {
-    std::fprintf(stderr, "phoenix: error: [rank %d] %s\n", rank, e.what());
-    code = 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "phoenix: fatal: [rank %d] %s\n", rank, e.what());
-    code = 1;
-  }
-  if (code != 0 && size > 1) MPI_Abort(MPI_COMM_WORLD, code);
-  MPI_T_finalize();
-  MPI_Finalize();
-  return code;
+    MPI_T_finalize();
+  });
 }
 
 }  // namespace phx::apps

@@ -7,6 +7,7 @@
 
 #include "apps/phoenix/bench_kernels.h"
 #include "apps/phoenix/bench_pushpull.h"
+#include "apps/phoenix/mpi_main.h"
 #include "phx_config.h"
 #include "runtime/core/config.h"
 #include "runtime/core/error.h"
@@ -30,33 +31,14 @@ int runTrain(const phx::Config& cfg) {
     phx::train::runLocal(cfg);
     return 0;
   }
-  int provided = 0;
-  PHX_MPI_CHECK(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided));
-  int size = 1, rank = 0;
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  int code = 0;
-  try {
+  return phx::apps::runUnderMpi([&cfg](int, int size) {
     if (size == 1) {
       phx::train::runLocal(cfg);
     } else {
       phx::transport::MpiTransport t(MPI_COMM_WORLD);
       phx::train::runDistributed(cfg, t);
     }
-  } catch (const phx::UserError& e) {
-    std::fprintf(stderr, "phoenix: error: [rank %d] %s\n", rank, e.what());
-    code = 2;
-  } catch (const phx::transport::PeerFailure& e) {
-    std::fprintf(stderr, "phoenix: error: [rank %d] %s\n", rank, e.what());
-    code = 3;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "phoenix: fatal: [rank %d] %s\n", rank, e.what());
-    code = 1;
-  }
-  // A rank that failed ends the whole job at once rather than leaving its peers waiting.
-  if (code != 0 && size > 1) MPI_Abort(MPI_COMM_WORLD, code);
-  MPI_Finalize();
-  return code;
+  });
 }
 
 void addTrainFlags(CLI::App& app, phx::Config& c) {
