@@ -209,11 +209,19 @@ void WorkerLoop::exchange(int64_t clock, double loss) {
                   "group gradient for clock ", h.clock, " of ", h.bytes, " bytes, expected clock ",
                   clock);
       t_.recvPayload(src, MsgType::kGroupGrad, recv_.data(), bytes, cfg_.peerTimeoutS);
-      be_->axpy(n_, 1.0f, recv_.data(), gradBuf());  // host memory on either backend here
+      // gradBuf() is host memory on every backend (GPU workers stage through it), so the sum
+      // is a host loop, not a backend kernel.
+      float* g = gradBuf();
+      const float* r = recv_.data();
+#pragma omp simd
+      for (size_t k = 0; k < n_; ++k) g[k] += r[k];
       loss += h.value;
     }
-    if (members > 1 && cfg_.aggregate == "mean")
-      for (size_t i = 0; i < n_; ++i) gradBuf()[i] /= static_cast<float>(members);
+    if (members > 1 && cfg_.aggregate == "mean") {
+      float* g = gradBuf();
+      const float inv = 1.0f / static_cast<float>(members);
+      for (size_t k = 0; k < n_; ++k) g[k] *= inv;
+    }
     client_.push(clock, gradBuf(), true, loss / members);
     client_.awaitWeights(clock + 1, paramBuf());
     client_.waitPushes();
