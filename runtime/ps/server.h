@@ -61,7 +61,6 @@ class Server {
 
   const ServerStats& stats() const { return stats_; }
   const std::vector<float>& weights() const { return w_; }
-  int64_t clockOf(int client) const { return clocks_[client]; }
 
  private:
   struct PendingPull {

@@ -285,8 +285,7 @@ TrainResult WorkerLoop::run() {
     const int64_t done = step + 1;
     progress.step(done, n, loss);
     if (progress.evalDue(done)) {
-      const double l = progress.takeEvalLoss();
-      if (std::isfinite(l)) lastTrainLoss = l;
+      lastTrainLoss = progress.takeEvalLoss();
       const EvalResult e = evaluate(model_, fm_.test, cfg_.evalBatch);
       progress.markEval(e.accuracy);
       const bool epochEnd = done % p.stepsPerEpoch == 0;
@@ -313,8 +312,7 @@ TrainResult WorkerLoop::run() {
     sendStats(t_, layout_.chiefRank(), rs, cfg_.peerTimeoutS);
     return {};
   }
-  const double l = progress.takeEvalLoss();
-  if (std::isfinite(l)) lastTrainLoss = l;
+  lastTrainLoss = progress.takeEvalLoss();
   TrainResult res = finishChief(trainSeconds, samples, lastTrainLoss);
   metrics.write(MetricsRow{progress.elapsed(), p.totalSteps,
                            static_cast<double>(p.totalSteps) / p.stepsPerEpoch, lastTrainLoss,

@@ -85,8 +85,7 @@ TrainResult runLocal(const Config& cfg, const data::FashionMnist& fm) {
   auto doEval = [&](int64_t step, const char* event) {
     // The row's train_loss is the mean over the steps since the previous row: deterministic
     // for a fixed seed, unlike the progress line's time window.
-    const double l = progress.takeEvalLoss();
-    if (std::isfinite(l)) lastLoss = l;
+    lastLoss = progress.takeEvalLoss();
     const EvalResult e = evaluate(model, fm.test, cfg.evalBatch);
     lastAcc = e.accuracy;
     lastTestLoss = e.loss;

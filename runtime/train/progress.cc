@@ -57,10 +57,10 @@ void Progress::markEval(double accuracy) {
 }
 
 double Progress::takeEvalLoss() {
-  const double l = evalSteps_ ? evalLoss_ / evalSteps_ : NAN;
+  if (evalSteps_) lastEvalLoss_ = evalLoss_ / evalSteps_;
   evalLoss_ = 0;
   evalSteps_ = 0;
-  return l;
+  return lastEvalLoss_;
 }
 
 }  // namespace phx::train

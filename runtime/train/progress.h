@@ -5,6 +5,7 @@
 #pragma once
 
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 
 #include "runtime/core/config.h"
@@ -23,7 +24,8 @@ class Progress {
   bool evalDue(int64_t done);
   void markEval(double accuracy);
   double elapsed() const;
-  // Mean training loss since the previous call (the metrics row's train_loss).
+  // Mean training loss since the previous call (the metrics row's train_loss); the previous
+  // value again when no step ran in between (NaN before the first step).
   double takeEvalLoss();
 
  private:
@@ -33,7 +35,7 @@ class Progress {
   int64_t total_, perEpoch_;
   double scale_;
   Clock::time_point start_, windowStart_;
-  double lastEvalTime_ = 0, lastAcc_ = -1;
+  double lastEvalTime_ = 0, lastAcc_ = -1, lastEvalLoss_ = NAN;
   double windowLoss_ = 0, evalLoss_ = 0;
   int64_t windowSteps_ = 0, windowSamples_ = 0, evalSteps_ = 0;
 };

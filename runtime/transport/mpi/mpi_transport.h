@@ -37,9 +37,6 @@ class MpiTransport final : public Transport {
   bool poll(MsgType type, Header* h, int* src) override;
   void recvPayload(int src, MsgType type, void* dst, size_t bytes, double timeoutS) override;
 
-  // Sends still in flight (their payload buffers are still in use).
-  size_t pendingSends() const { return sends_.size(); }
-
  private:
   struct Slot {
     Header h;
