@@ -55,8 +55,9 @@ void addTrainFlags(CLI::App& app, phx::Config& c) {
   app.add_option("--seed", c.seed, "Seed for initialisation, shuffling and dropout")
       ->capture_default_str();
   app.add_option("--lr", c.lr, "Learning rate")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--momentum", c.momentum, "SGD momentum (0 = plain SGD, as in the papers)")
-      ->check(CLI::Range(0.0, 0.999999))->capture_default_str();
+  app.add_option("--momentum", c.momentum,
+                 "SGD momentum (0 = plain SGD, as in the papers; default 0.9, or 0.8 with --sync asp/ssp)")
+      ->check(CLI::Range(0.0, 0.999999));
   app.add_option("--weight-decay", c.weightDecay, "L2 weight decay")
       ->check(CLI::NonNegativeNumber)->capture_default_str();
   app.add_flag("--nesterov", c.nesterov, "Nesterov momentum");

@@ -34,16 +34,21 @@ double learningRate(const Config& c, int64_t step, int64_t totalSteps) {
   return 0.5 * c.lr * (1.0 + std::cos(std::numbers::pi * t));
 }
 
+double Config::effectiveMomentum() const {
+  if (momentum >= 0.0) return momentum;
+  return (sync == "asp" || sync == "ssp") ? 0.8 : 0.9;
+}
+
 void Config::validate() const {
   if (batch < 1 || batch > 65536) PHX_USER_ERROR("--batch ", batch, " must be in 1..65536");
   if (epochs < 1 && steps <= 0) PHX_USER_ERROR("--epochs ", epochs, " must be at least 1");
   if (steps < 0) PHX_USER_ERROR("--steps ", steps, " must be >= 0 (0 = use --epochs)");
   if (!(lr > 0.0) || !std::isfinite(lr)) PHX_USER_ERROR("--lr ", lr, " must be a positive number");
-  if (!(momentum >= 0.0 && momentum < 1.0))
+  if (!(momentum < 1.0) || (momentum < 0.0 && momentum != -1.0))
     PHX_USER_ERROR("--momentum ", momentum, " must be in [0, 1)");
   if (!(weightDecay >= 0.0) || !std::isfinite(weightDecay))
     PHX_USER_ERROR("--weight-decay ", weightDecay, " must be >= 0");
-  if (nesterov && momentum == 0.0) PHX_USER_ERROR("--nesterov needs --momentum > 0");
+  if (nesterov && effectiveMomentum() == 0.0) PHX_USER_ERROR("--nesterov needs --momentum > 0");
   if (lrSchedule != "constant" && lrSchedule != "cosine")
     PHX_USER_ERROR("--lr-schedule '", lrSchedule, "' is not known (accepted: constant, cosine)");
   if (device != "cpu" && device != "cuda" && device != "auto")

@@ -27,7 +27,9 @@ struct Config {
   uint64_t seed = 0;
   // optimizer
   double lr = 0.02;
-  double momentum = 0.9;
+  // < 0: chosen from --sync (momentumFor): 0.9 for bsp and one process, 0.8 for asp/ssp, whose
+  // stale gradients already act as extra momentum (Mitliagkas et al., 2016).
+  double momentum = -1;
   double weightDecay = 0.0;
   bool nesterov = false;
   std::string lrSchedule = "cosine";  // cosine (to 0 over the run) | constant
@@ -50,6 +52,9 @@ struct Config {
   int evalBatch = 500;
   double progressSeconds = 2.0;
   std::string logLevel = "info";
+
+  // The momentum in effect: --momentum when given, else the sync-dependent default.
+  double effectiveMomentum() const;
 
   // Throws UserError for values that cannot work, naming the flag and what is accepted.
   void validate() const;

@@ -55,7 +55,7 @@ Plan plan(const Config& cfg, const data::Dataset& train, int workers) {
 }
 
 kernels::SgdParams sgdOf(const Config& cfg) {
-  return kernels::SgdParams{static_cast<float>(cfg.lr), static_cast<float>(cfg.momentum),
+  return kernels::SgdParams{static_cast<float>(cfg.lr), static_cast<float>(cfg.effectiveMomentum()),
                             static_cast<float>(cfg.weightDecay), cfg.nesterov};
 }
 

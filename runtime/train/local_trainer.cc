@@ -62,7 +62,7 @@ TrainResult runLocal(const Config& cfg, const data::FashionMnist& fm) {
   model.initParams(cfg.seed);
   kernels::DeviceArray<float> velocity(*backend, model.paramCount());
   backend->fill(velocity.data(), velocity.size(), 0.0f);
-  kernels::SgdParams sgd{static_cast<float>(cfg.lr), static_cast<float>(cfg.momentum),
+  kernels::SgdParams sgd{static_cast<float>(cfg.lr), static_cast<float>(cfg.effectiveMomentum()),
                                static_cast<float>(cfg.weightDecay), cfg.nesterov};
 
   const data::Dataset& train = fm.train;
@@ -71,7 +71,7 @@ TrainResult runLocal(const Config& cfg, const data::FashionMnist& fm) {
   const int64_t totalSteps = cfg.steps > 0 ? cfg.steps : stepsPerEpoch * cfg.epochs;
   log::info("training ", spec.name, " (", model.paramCount(), " parameters) on ",
             backend->describe(), ": ", totalSteps, " steps of batch ", cfg.batch, ", lr ", cfg.lr,
-            ", momentum ", cfg.momentum, ", ", cfg.lrSchedule, " schedule");
+            ", momentum ", cfg.effectiveMomentum(), ", ", cfg.lrSchedule, " schedule");
 
   MetricsCsv metrics(cfg.metricsPath);
   std::vector<float> x(static_cast<size_t>(cfg.batch) * train.sampleSize());

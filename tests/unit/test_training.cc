@@ -111,6 +111,20 @@ TEST(Config, RejectsBadValuesWithTheFlagName) {
   EXPECT_THROW(kernels::parseModelSpec("synthetic:12x"), UserError);
   EXPECT_EQ(parseSchedule("--eval-every", "30s").seconds, 30.0);
   EXPECT_EQ(parseSchedule("--eval-every", "500").steps, 500);
+  expectBad([](Config& c) { c.momentum = -0.5; }, "--momentum");
+}
+
+TEST(Config, MomentumDefaultDependsOnSync) {
+  Config c;
+  EXPECT_DOUBLE_EQ(c.effectiveMomentum(), 0.9);  // bsp and one process
+  c.sync = "asp";
+  EXPECT_DOUBLE_EQ(c.effectiveMomentum(), 0.8);
+  c.sync = "ssp";
+  EXPECT_DOUBLE_EQ(c.effectiveMomentum(), 0.8);
+  c.momentum = 0.0;  // given explicitly: always wins
+  EXPECT_DOUBLE_EQ(c.effectiveMomentum(), 0.0);
+  c.momentum = 0.95;
+  EXPECT_DOUBLE_EQ(c.effectiveMomentum(), 0.95);
 }
 
 }  // namespace
