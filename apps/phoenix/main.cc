@@ -9,6 +9,7 @@
 #include "apps/phoenix/bench_pushpull.h"
 #include "apps/phoenix/mpi_main.h"
 #include "phx_config.h"
+#include "recovery/checkpoint.h"
 #include "runtime/core/config.h"
 #include "runtime/core/error.h"
 #include "runtime/core/log.h"
@@ -25,20 +26,55 @@ bool launchedByMpi() {
   return false;
 }
 
+// Whether the launcher keeps the other ranks alive when one dies (Open MPI 4.x: only with
+// `mpirun --enable-recovery`; PHX_LAUNCH_SURVIVES=1 asserts it for other launchers).
+bool launchSurvives() {
+  for (const char* v : {"OMPI_MCA_orte_enable_recovery", "PHX_LAUNCH_SURVIVES"})
+    if (const char* s = std::getenv(v))
+      if (std::string(s) == "1" || std::string(s) == "true") return true;
+  return false;
+}
+
 // `phoenix train`: one process, or this rank's role in an MPI job. Returns the exit code.
-int runTrain(const phx::Config& cfg) {
+int runTrain(phx::Config& cfg) {
   if (!launchedByMpi()) {
     phx::train::runLocal(cfg);
     return 0;
   }
+  cfg.launchSurvives = launchSurvives();
+  if (!cfg.resumeDir.empty() && cfg.checkpointDir == phx::Config{}.checkpointDir)
+    cfg.checkpointDir = cfg.resumeDir;  // a resumed run goes on writing where it left off
+  cfg.validate();
+  if (cfg.recovery != "none" && cfg.recovery != "auto" && !cfg.launchSurvives)
+    PHX_USER_ERROR("--recovery ", cfg.recovery, " needs the other ranks to survive a death, but this "
+                   "launch kills the whole job when one rank dies; launch with `mpirun "
+                   "--enable-recovery ...` (Open MPI 4.x), or pass --recovery none");
   return phx::apps::runUnderMpi([&cfg](int, int size) {
     if (size == 1) {
       phx::train::runLocal(cfg);
     } else {
+      // The failure detector gets a communicator of its own (duplicated while everyone is
+      // alive; only point-to-point traffic ever goes over either).
+      MPI_Comm detComm;
+      PHX_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &detComm));
       phx::transport::MpiTransport t(MPI_COMM_WORLD);
-      phx::train::runDistributed(cfg, t);
+      phx::transport::MpiTransport dt(detComm);
+      phx::train::runDistributed(cfg, t, nullptr, &dt);
     }
   });
+}
+
+int runInspect(const std::vector<std::string>& files) {
+  int bad = 0;
+  for (const std::string& f : files) {
+    try {
+      std::fputs(phx::recovery::describeSnapshot(f).c_str(), stdout);
+    } catch (const phx::UserError& e) {
+      std::fprintf(stderr, "phoenix: error: %s\n", e.what());
+      ++bad;
+    }
+  }
+  return bad ? 2 : 0;
 }
 
 void addTrainFlags(CLI::App& app, phx::Config& c) {
@@ -86,6 +122,34 @@ void addTrainFlags(CLI::App& app, phx::Config& c) {
   app.add_option("--peer-timeout", c.peerTimeoutS,
                  "Seconds a rank waits on one peer before declaring it unresponsive")
       ->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--recovery", c.recovery,
+                 "What a server death does: auto (checkpoint when launched with mpirun "
+                 "--enable-recovery, else none), none (the job ends), checkpoint")
+      ->check(CLI::IsMember({"auto", "none", "checkpoint"}))->capture_default_str();
+  app.add_option("--checkpoint-dir", c.checkpointDir, "Directory of the HDF5 snapshots")
+      ->capture_default_str();
+  app.add_option("--checkpoint-every", c.checkpointEvery,
+                 "Snapshot every N worker steps, or every Ts seconds (0 = never)")
+      ->capture_default_str();
+  app.add_option("--checkpoint-mode", c.checkpointMode,
+                 "sync (the server writes, training waits) or async (copy, write in the background)")
+      ->check(CLI::IsMember({"sync", "async"}))->capture_default_str();
+  app.add_option("--checkpoint-keep", c.checkpointKeep, "Snapshots kept per shard")
+      ->check(CLI::Range(1, 1000000))->capture_default_str();
+  app.add_option("--resume", c.resumeDir,
+                 "Start from the newest valid snapshots in DIR (same --model and --servers)");
+  app.add_option("--heartbeat-ms", c.heartbeatMs, "Heartbeat period of the failure detector")
+      ->check(CLI::Range(1, 600000))->capture_default_str();
+  app.add_option("--failure-timeout-ms", c.failureTimeoutMs,
+                 "Silence after which a rank is declared failed (dead or frozen)")
+      ->check(CLI::Range(2, 3600000))->capture_default_str();
+  app.add_option("--kill-server", c.killServer,
+                 "Injection: shard 0's server SIGKILLs itself at step N or time Ts (list: one per kill)");
+  app.add_option("--kill-worker", c.killWorker,
+                 "Injection: the last worker SIGKILLs itself at step N or time Ts");
+  app.add_option("--downtime", c.downtimeS,
+                 "Seconds a replacement waits before taking over (to reproduce an outage)")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
   app.add_option("--metrics", c.metricsPath, "Write one CSV row per evaluation to this file");
   app.add_option("--summary", c.summaryPath, "Write a JSON summary of the run to this file");
   app.add_option("--eval-every", c.evalEvery,
@@ -135,6 +199,10 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber)->capture_default_str();
   benchPushPull->add_option("--json", pb.jsonPath, "Also write the results as JSON");
 
+  std::vector<std::string> inspectFiles;
+  CLI::App* inspect = app.add_subcommand("inspect", "Check and print HDF5 snapshots");
+  inspect->add_option("files", inspectFiles, "Snapshot files (DIR/shardS/snap-*.h5)")->required();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -146,6 +214,7 @@ int main(int argc, char** argv) {
       phx::log::setLevel(phx::log::parseLevel(cfg.logLevel));
       return runTrain(cfg);
     }
+    if (inspect->parsed()) return runInspect(inspectFiles);
     if (benchPushPull->parsed()) return phx::apps::runPushPullBench(pb);
     if (benchKernels->parsed()) {
       for (const auto& m : kb.models) phx::kernels::parseModelSpec(m);

@@ -34,6 +34,30 @@ double learningRate(const Config& c, int64_t step, int64_t totalSteps) {
   return 0.5 * c.lr * (1.0 + std::cos(std::numbers::pi * t));
 }
 
+std::string Config::effectiveRecovery() const {
+  if (recovery != "auto") return recovery;
+  return launchSurvives ? "checkpoint" : "none";
+}
+
+namespace {
+std::vector<Schedule> parseList(const std::string& flag, const std::string& v) {
+  std::vector<Schedule> out;
+  size_t start = 0;
+  while (start < v.size()) {
+    size_t comma = v.find(',', start);
+    if (comma == std::string::npos) comma = v.size();
+    const Schedule s = parseSchedule(flag, v.substr(start, comma - start));
+    if (s.empty()) PHX_USER_ERROR(flag, " '", v, "': each entry must be a step > 0 or a time such as 30s");
+    out.push_back(s);
+    start = comma + 1;
+  }
+  return out;
+}
+}  // namespace
+
+std::vector<Schedule> Config::killServerAt() const { return parseList("--kill-server", killServer); }
+std::vector<Schedule> Config::killWorkerAt() const { return parseList("--kill-worker", killWorker); }
+
 double Config::effectiveMomentum() const {
   if (momentum >= 0.0) return momentum;
   return (sync == "asp" || sync == "ssp") ? 0.8 : 0.9;
@@ -67,6 +91,19 @@ void Config::validate() const {
   if (aggregate != "sum" && aggregate != "mean")
     PHX_USER_ERROR("--aggregate '", aggregate, "' is not known (accepted: sum, mean)");
   if (!(peerTimeoutS > 0.0)) PHX_USER_ERROR("--peer-timeout must be > 0 seconds");
+  if (recovery != "auto" && recovery != "none" && recovery != "checkpoint")
+    PHX_USER_ERROR("--recovery '", recovery, "' is not known (accepted: auto, none, checkpoint)");
+  if (checkpointMode != "sync" && checkpointMode != "async")
+    PHX_USER_ERROR("--checkpoint-mode '", checkpointMode, "' is not known (accepted: sync, async)");
+  parseSchedule("--checkpoint-every", checkpointEvery);
+  if (checkpointKeep < 1) PHX_USER_ERROR("--checkpoint-keep must be at least 1");
+  if (heartbeatMs < 1) PHX_USER_ERROR("--heartbeat-ms must be at least 1");
+  if (failureTimeoutMs < 2 * heartbeatMs)
+    PHX_USER_ERROR("--failure-timeout-ms ", failureTimeoutMs, " must be at least twice --heartbeat-ms (",
+                   heartbeatMs, ")");
+  if (!(downtimeS >= 0.0)) PHX_USER_ERROR("--downtime must be >= 0 seconds");
+  killServerAt();
+  killWorkerAt();
 }
 
 }  // namespace phx

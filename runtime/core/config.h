@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace phx {
 
@@ -45,6 +46,20 @@ struct Config {
   int staleness = 3;              // SSP bound s
   std::string aggregate = "sum";  // how a BSP round combines gradients: sum (the papers) | mean
   double peerTimeoutS = 120;      // longest wait on one peer before it is declared unresponsive
+  // recovery (recovery/, docs/recovery.md)
+  std::string recovery = "auto";  // auto | none | checkpoint (auto: checkpoint when the launch
+                                  // lets survivors live, else none)
+  std::string checkpointDir = "phoenix-run/checkpoints";
+  std::string checkpointEvery = "100";  // worker steps, or "Ns" seconds; 0 = never
+  std::string checkpointMode = "async"; // sync | async
+  int checkpointKeep = 3;
+  std::string resumeDir;                // start from the newest valid snapshots in this dir
+  int heartbeatMs = 100;
+  int failureTimeoutMs = 500;
+  std::string killServer;   // "AT[,AT...]": shard 0's server SIGKILLs itself at step or time AT
+  std::string killWorker;   // "AT": the last worker SIGKILLs itself at step or time AT
+  double downtimeS = 0;     // a replacement waits this long before taking over
+  bool launchSurvives = false;  // set by apps/: the MPI launch keeps survivors alive
   // outputs
   std::string metricsPath;
   std::string summaryPath;
@@ -55,6 +70,12 @@ struct Config {
 
   // The momentum in effect: --momentum when given, else the sync-dependent default.
   double effectiveMomentum() const;
+
+  // "auto" resolved: checkpoint when the launch lets survivors live, else none.
+  std::string effectiveRecovery() const;
+  // --kill-server / --kill-worker parsed ("200", "30s", "200,400").
+  std::vector<Schedule> killServerAt() const;
+  std::vector<Schedule> killWorkerAt() const;
 
   // Throws UserError for values that cannot work, naming the flag and what is accepted.
   void validate() const;

@@ -60,8 +60,12 @@ std::string Summary::toJson() const {
   for (size_t i = 0; i < failures.size(); ++i) {
     const auto& f = failures[i];
     os << (i ? ",\n" : "\n") << "    {\"rank\": " << f.rank << ", \"role\": " << jsonString(f.role)
+       << ", \"shard\": " << f.shard << ", \"epoch\": " << f.epoch
+       << ", \"replaced_by\": " << f.replacedBy
+       << ", \"kill_time_known\": " << (f.killTimeKnown ? "true" : "false")
        << ", \"detected_ms\": " << f.detectedMs << ", \"recovered_ms\": " << f.recoveredMs
        << ", \"rolled_back_steps\": " << f.rolledBackSteps
+       << ", \"updates_lost\": " << f.updatesLost
        << ", \"buffered_updates_applied\": " << f.bufferedUpdatesApplied << "}";
   }
   os << (failures.empty() ? "]" : "\n  ]");

@@ -38,8 +38,10 @@ class MetricsCsv {
 struct FailureRecord {
   int rank = -1;
   std::string role;
-  double detectedMs = 0, recoveredMs = 0;
-  int64_t rolledBackSteps = 0, bufferedUpdatesApplied = 0;
+  int shard = -1, replacedBy = -1, epoch = 0;
+  bool killTimeKnown = false;  // detected_ms from the kill (injected) or from the last heartbeat
+  double detectedMs = 0, recoveredMs = -1;  // -1: not recovered (or nothing to recover)
+  int64_t rolledBackSteps = 0, bufferedUpdatesApplied = 0, updatesLost = 0;
 };
 
 // The --summary document. `extra` holds further "key": value pairs (values already JSON).

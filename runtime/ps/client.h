@@ -5,12 +5,21 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "runtime/ps/layout.h"
 #include "runtime/transport/transport.h"
 
 namespace phx::ps {
+
+// Where each shard is served now (recovery moves shards to spares): the rank and the epoch
+// from which that rank serves it (replies of older epochs are not from it).
+struct Directory {
+  int epoch = 0;
+  std::vector<int> rank;   // -1: the shard is lost (no one serves it)
+  std::vector<int> since;
+};
 
 class PsClient {
  public:
@@ -28,21 +37,54 @@ class PsClient {
   // Tells every shard this client is finished.
   void done();
 
+  // Recovery: `refresh` is called when a wait was interrupted by a view change; it returns the
+  // new directory (and acknowledges the view). The client then re-sends to every moved shard
+  // what that shard still owes an answer to: the outstanding push (the gradient buffer is still
+  // intact while the caller waits) or pull.
+  void setRefresh(std::function<Directory()> refresh) { refresh_ = std::move(refresh); }
+  void refreshNow();
+  int serverRankOf(int shard) const { return dir_.rank[shard]; }
+  int64_t resends() const { return resends_; }
+  // Each time a shard moved: the epoch and the last version this client had seen from the
+  // previous server (updates past the restored version were lost).
+  struct Move {
+    int shard, epoch;
+    int64_t lastVersion;
+  };
+  const std::vector<Move>& moves() const { return moves_; }
+
   int64_t version(int shard) const { return versions_[shard]; }
   int64_t minVersion() const;
+  // Smallest server position (in worker steps) over the shards' last replies.
+  int64_t minServerStep() const;
   double bytesSent() const { return bytesSent_; }
   double bytesReceived() const { return bytesReceived_; }
 
  private:
   transport::Header header(transport::MsgType type, int shard, int64_t clock) const;
+  void sendPush(int shard);
+  void sendPull(int shard);
+  void retarget(const Directory& d);
 
   transport::Transport& t_;
   const RoleLayout& layout_;
   std::vector<KeyRange> ranges_;
   int client_, epoch_;
   double timeoutS_;
-  std::vector<int64_t> versions_;
+  std::vector<int64_t> versions_, steps_;
   std::vector<transport::SendId> pending_;
+  Directory dir_;
+  std::function<Directory()> refresh_;
+  // The exchange in flight: what each shard still owes.
+  struct Outstanding {
+    bool active = false, isPush = false, pullAfter = false;
+    int64_t clock = 0;
+    const float* grads = nullptr;
+    double loss = 0;
+    std::vector<char> got;
+  } out_;
+  int64_t resends_ = 0;
+  std::vector<Move> moves_;
   double bytesSent_ = 0, bytesReceived_ = 0;
 };
 

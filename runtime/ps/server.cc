@@ -1,6 +1,7 @@
 #include "runtime/ps/server.h"
 
 #include <algorithm>
+#include <chrono>
 #include <limits>
 
 #include "runtime/core/log.h"
@@ -22,7 +23,47 @@ Server::Server(transport::Transport& t, const RoleLayout& layout, const ServerOp
   recv_.resize(n);
   if (policy_.roundBased()) acc_.assign(n, 0.0f);
   clocks_.assign(opt_.clients, 0);
+  offset_.assign(opt_.clients, 0);
+  known_.assign(opt_.clients, 1);
   done_.assign(opt_.clients, 0);
+}
+
+void Server::restore(int64_t version, int64_t round, std::vector<float> w, std::vector<float> v) {
+  PHX_ENFORCE(w.size() == w_.size() && v.size() == v_.size(), "restored state of ", w.size(),
+              " keys for a shard of ", w_.size());
+  w_ = std::move(w);
+  v_ = std::move(v);
+  stats_.version = version;
+  round_ = round;
+}
+
+void Server::beginResync() {
+  resync_ = true;
+  firstApply_ = 0;
+  roundPushes_ = 0;
+  for (int c = 0; c < opt_.clients; ++c) {
+    clocks_[c] = policy_.roundBased() ? round_ : 0;
+    known_[c] = 0;
+  }
+}
+
+bool Server::resolveOffset(int c, int64_t label) {
+  if (known_[c]) return true;
+  offset_[c] = label - clocks_[c];
+  known_[c] = 1;
+  return true;
+}
+
+void Server::dropClient(int c) {
+  if (c < 0 || c >= opt_.clients || done_[c]) return;
+  done_[c] = 1;
+  ++doneCount_;
+  ++stats_.clientsLost;
+  log::warn("shard ", opt_.shard, ": client ", c, " lost (its rank died); ",
+            opt_.clients - doneCount_, " client(s) go on");
+  if (policy_.roundBased() && roundPushes_ > 0 && roundPushes_ == opt_.clients - doneCount_)
+    closeRound();
+  serveDeferred();
 }
 
 void Server::reject(const Header& h, int src, const std::string& why) {
@@ -38,8 +79,8 @@ bool Server::validate(const Header& h, int src, MsgType expect, bool withPayload
     why = "bad magic number (not a Phoenix message)";
   } else if (h.type != expect) {
     why = "wrong message type";
-  } else if (h.epoch != opt_.epoch) {
-    why = detail::concat("epoch ", h.epoch, " is not the current epoch ", opt_.epoch);
+  } else if (h.epoch < opt_.epoch) {
+    why = detail::concat("epoch ", h.epoch, " is older than this server's epoch ", opt_.epoch);
   } else if (h.shard != opt_.shard) {
     why = detail::concat("addressed to shard ", h.shard, ", this is shard ", opt_.shard);
   } else if (h.client < 0 || h.client >= opt_.clients) {
@@ -88,13 +129,15 @@ void Server::handlePush(const Header& h, int src) {
   if (!validate(h, src, MsgType::kPush, true)) return;
   const int c = h.client;
   std::string why;
+  if (!done_[c]) resolveOffset(c, h.clock);
+  const int64_t logical = h.clock - offset_[c];
   if (done_[c])
     why = detail::concat("client ", c, " already said it was done");
-  else if (h.clock != clocks_[c])
+  else if (logical != clocks_[c])
     why = detail::concat("clock ", h.clock, " out of order (client ", c, " is at clock ",
-                         clocks_[c], ")");
-  else if (policy_.roundBased() && h.clock != stats_.version)
-    why = detail::concat("clock ", h.clock, " is not the open round ", stats_.version);
+                         clocks_[c] + offset_[c], ")");
+  else if (policy_.roundBased() && logical != round_)
+    why = detail::concat("clock ", h.clock, " is not the open round ", round_ + offset_[c]);
   if (!why.empty()) {
     t_.discardPayload(src, h.type, static_cast<size_t>(h.bytes), opt_.timeoutS);
     reject(h, src, why);
@@ -121,7 +164,7 @@ void Server::handlePush(const Header& h, int src) {
     apply(recv_.data(), h.version);
   }
   if (h.flags & transport::kPullAfter) {
-    const PendingPull p{c, src, h.clock + 1};
+    const PendingPull p{c, src, logical + 1, h.clock + 1};
     if (!tryServe(p)) deferred_.push_back(p);
   }
 }
@@ -131,6 +174,7 @@ void Server::closeRound() {
     be_.scale(acc_.size(), 1.0f / static_cast<float>(roundPushes_), acc_.data());
   apply(acc_.data(), roundBaseMin_);
   roundPushes_ = 0;
+  ++round_;
 }
 
 void Server::apply(const float* grad, int64_t baseVersion) {
@@ -142,11 +186,18 @@ void Server::apply(const float* grad, int64_t baseVersion) {
   stats_.maxStaleness = std::max(stats_.maxStaleness, staleness);
   stats_.stalenessSum += static_cast<double>(staleness);
   ++stats_.version;
+  if (resync_ && firstApply_ == 0)
+    firstApply_ = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  if (opt_.afterApply) opt_.afterApply();
 }
 
 void Server::handlePull(const Header& h, int src) {
   if (!validate(h, src, MsgType::kPull, false)) return;
-  const PendingPull p{h.client, src, h.clock};
+  // A client whose numbering is not known yet (after a resync) wants the current weights: it
+  // stands at the common logical clock; its first push will fix its offset.
+  const int c = h.client;
+  const int64_t logical = known_[c] ? h.clock - offset_[c] : clocks_[c];
+  const PendingPull p{c, src, logical, h.clock};
   if (!tryServe(p)) deferred_.push_back(p);
 }
 
@@ -170,7 +221,8 @@ int64_t Server::minActiveClock() const {
 
 bool Server::tryServe(const PendingPull& p) {
   const int64_t minClock = minActiveClock();
-  if (!policy_.mayStart(p.clock, stats_.version, minClock)) return false;
+  if (!policy_.mayStart(p.clock, policy_.roundBased() ? round_ : stats_.version, minClock))
+    return false;
   if (minClock != std::numeric_limits<int64_t>::max())
     stats_.maxLead = std::max(stats_.maxLead, p.clock - minClock);
   Header r;
@@ -178,8 +230,10 @@ bool Server::tryServe(const PendingPull& p) {
   r.shard = opt_.shard;
   r.client = p.client;
   r.epoch = opt_.epoch;
-  r.clock = p.clock;
+  r.clock = p.label;
   r.version = stats_.version;
+  // The server's position in worker steps (a resumed job's workers start from it).
+  r.value = static_cast<double>(policy_.roundBased() ? round_ : stats_.version / opt_.clients);
   r.offset = opt_.range.lo;
   r.bytes = static_cast<int64_t>(w_.size() * sizeof(float));
   inflight_.push_back(t_.send(p.src, r, w_.data()));
@@ -203,6 +257,8 @@ void Server::waitReplies() {
 void Server::run(int reportTo) {
   transport::Backoff idle;
   while (!allDone()) {
+    if (opt_.tick) opt_.tick();
+    if (allDone()) break;
     if (step())
       idle.reset();
     else

@@ -33,6 +33,10 @@ struct ServerOptions {
   kernels::SgdParams sgd;
   std::function<double(int64_t version)> lrAt;  // learning rate of the update at a version
   double timeoutS = 120;  // deadline for any single wait on a peer
+  // Called once per event-loop pass (recovery: view changes, kill injection, time-based
+  // checkpoints) and after every applied update (update-based checkpoints).
+  std::function<void()> tick;
+  std::function<void()> afterApply;
 };
 
 struct ServerStats {
@@ -44,6 +48,7 @@ struct ServerStats {
   int64_t maxStaleness = 0;   // largest (version at apply - version the gradient was based on)
   double stalenessSum = 0;
   double bytesIn = 0, bytesOut = 0;
+  int64_t clientsLost = 0;    // clients dropped because their rank died
 };
 
 class Server {
@@ -61,11 +66,28 @@ class Server {
 
   const ServerStats& stats() const { return stats_; }
   const std::vector<float>& weights() const { return w_; }
+  const std::vector<float>& momentum() const { return v_; }
+  int64_t round() const { return round_; }
+  const KeyRange& range() const { return opt_.range; }
+  int shard() const { return opt_.shard; }
+
+  // Recovery. restore(): state from a snapshot (or another copy). beginResync(): this server
+  // replaces a dead one; it does not know the clients' clocks, so each client's first message
+  // fixes the offset between that client's clock labels and this server's logical clocks
+  // (every client restarts at the same logical clock, so BSP rounds and SSP bounds hold from
+  // there on). dropClient(): the client's rank died; it leaves BSP membership and SSP bounds.
+  void restore(int64_t version, int64_t round, std::vector<float> w, std::vector<float> v);
+  void beginResync();
+  void dropClient(int client);
+  bool clientActive(int client) const { return !done_[client]; }
+  // Time of the first update applied since beginResync (steady seconds; 0: none yet).
+  double firstApplyAfterResync() const { return firstApply_; }
 
  private:
   struct PendingPull {
     int client, src;
-    int64_t clock;
+    int64_t clock;    // logical clock (this server's numbering)
+    int64_t label;    // the clock as the client numbers it (echoed in the reply)
   };
   bool validate(const transport::Header& h, int src, transport::MsgType expect,
                 bool withPayload);
@@ -86,7 +108,13 @@ class Server {
   const sync::SyncPolicy& policy_;
   kernels::Backend& be_;
   std::vector<float> w_, v_, acc_, recv_;
-  std::vector<int64_t> clocks_;
+  std::vector<int64_t> clocks_;   // logical clock per client (pushes accepted)
+  std::vector<int64_t> offset_;   // client's clock label - logical clock
+  std::vector<char> known_;       // offset known (false only during a resync)
+  int64_t round_ = 0;             // BSP: rounds closed (= the open round's logical clock)
+  bool resync_ = false;
+  double firstApply_ = 0;
+  bool resolveOffset(int client, int64_t label);
   std::vector<char> done_;
   int doneCount_ = 0;
   int roundPushes_ = 0;

@@ -7,7 +7,12 @@
 #include <cmath>
 #include <cstdlib>
 
+#include <signal.h>
+#include <unistd.h>
+
 #include "kernels/model.h"
+#include "recovery/checkpoint.h"
+#include "recovery/detector.h"
 #include "runtime/core/log.h"
 #include "runtime/ps/client.h"
 #include "runtime/ps/layout.h"
@@ -27,7 +32,66 @@ struct RankStats {
   double samples = 0, seconds = 0, cpuSeconds = 0, steps = 0;
   double version = 0, gradients = 0, pulls = 0, rejected = 0;
   double maxLead = 0, maxStaleness = 0, meanStaleness = 0, bytesIn = 0, bytesOut = 0;
+  // recovery (servers that took a shard over)
+  double tookOver = 0, takeoverEpoch = 0, restoredVersion = -1, firstApplyUnix = 0;
+  double restoreSeconds = 0, snapshotsWritten = 0, checkpointSeconds = 0, clientsLost = 0;
+  double resends = 0;
 };
+
+// This rank's view of failures: the detector (null when there is none), the view epoch the
+// training thread has acted on, and what the run does about failures.
+struct FtContext {
+  recovery::FailureDetector* det = nullptr;
+  transport::Transport* main = nullptr;
+  const ps::RoleLayout* layout = nullptr;
+  std::string mode = "none";
+  int acked = 0;
+  double startUnix = 0;
+
+  bool changed() const { return det && det->epoch() != acked; }
+  // Takes the newest view: dead ranks are cut off the training transport, the epoch is
+  // acknowledged. With --recovery none any failure ends the job here.
+  recovery::View accept() {
+    recovery::View v = det->view();
+    if (det->fenced())
+      throw transport::Excluded({main->rank()}, v.epoch,
+                                   "this rank was declared failed by the others (frozen longer than "
+                                   "--failure-timeout-ms?) and leaves the job");
+    for (int r = 0; r < static_cast<int>(v.alive.size()); ++r)
+      if (!v.alive[r]) main->markDead(r);
+    acked = v.epoch;
+    if (mode == "none" && !v.failures.empty()) {
+      const recovery::FailureRecord& f = v.failures.back();
+      throw transport::PeerFailure(
+          {f.rank}, v.epoch,
+          detail::concat("rank ", f.rank, " (", ps::roleName(static_cast<ps::Role>(f.role)),
+                         ") failed (no heartbeat for the failure timeout); --recovery none ends "
+                         "the job. To survive it: mpirun --enable-recovery ... --recovery checkpoint "
+                         "--spares 1"));
+    }
+    return v;
+  }
+  ps::Directory directory(const recovery::View& v) const {
+    return ps::Directory{v.epoch, v.shardRank, v.shardSince};
+  }
+  void installHook() {
+    if (!det) return;
+    main->setInterrupt([this](int peer) { det->checkInterrupt(peer, acked); });
+  }
+};
+
+// Injected kills: SIGKILL of this very process, announced to the coordinator first so that
+// detection time is measured from the kill.
+[[noreturn]] void killSelf(FtContext& ft, const std::string& what) {
+  log::warn("injected failure: ", what, " -- SIGKILL of rank ", ft.main->rank(), " (pid ", getpid(), ")");
+  if (ft.det) ft.det->announceDeath();
+  ::raise(SIGKILL);
+  for (;;) pause();
+}
+
+bool due(const Schedule& s, int64_t step, double startUnix) {
+  return s.isTime() ? recovery::unixNow() - startUnix >= s.seconds : step >= s.steps;
+}
 
 double cpuSeconds() {
   rusage u{};
@@ -69,9 +133,11 @@ int ranksOnNode(const transport::Transport& t) {
 }
 
 // ---------------------------------------------------------------- server role
-void runServer(const Config& cfg, transport::Transport& t, const ps::RoleLayout& layout,
-               const data::FashionMnist& fm) {
-  const int shard = t.rank();
+// Serves `shard` until every client is done. takeover: this rank replaces the shard's dead
+// server (a spare): it restores the newest valid snapshot and resynchronises the clients.
+void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout& layout,
+                const data::FashionMnist& fm, FtContext& ft, int shard, bool takeover,
+                int sinceEpoch) {
   auto be = kernels::makeBackend("cpu", 1);
   kernels::Model init(*be, kernels::parseModelSpec(cfg.model), 1);
   init.initParams(cfg.seed);
@@ -84,23 +150,124 @@ void runServer(const Config& cfg, transport::Transport& t, const ps::RoleLayout&
   const auto policy = sync::makePolicy(cfg.sync, cfg.staleness);
   const Plan p = plan(cfg, fm.train, layout.workers());
   // Updates the server will apply over the run: one per round (BSP) or one per push.
-  const int64_t totalUpdates = policy->roundBased() ? p.totalSteps : p.totalSteps * layout.groups();
+  const int64_t perStep = policy->roundBased() ? 1 : layout.groups();
+  const int64_t totalUpdates = p.totalSteps * perStep;
   ps::ServerOptions opt;
   opt.shard = shard;
   opt.range = r;
   opt.clients = layout.groups();
+  opt.epoch = sinceEpoch;
   opt.aggregate = sync::parseAggregate(cfg.aggregate);
   opt.sgd = sgdOf(cfg);
   opt.lrAt = [&cfg, totalUpdates](int64_t v) { return learningRate(cfg, v, totalUpdates); };
   opt.timeoutS = cfg.peerTimeoutS;
-  log::info("shard ", shard, " owns keys [", r.lo, ", ", r.hi, ") of ", all.size(), ", sync ",
-            policy->name(), ", ", layout.groups(), " client(s)");
+
+  // Checkpoints.
+  const bool ckpt = ft.mode == "checkpoint";
+  const Schedule every = parseSchedule("--checkpoint-every", cfg.checkpointEvery);
+  std::unique_ptr<recovery::AsyncSnapshotWriter> writer;
+  if (ckpt && !every.empty() && cfg.checkpointMode == "async")
+    writer = std::make_unique<recovery::AsyncSnapshotWriter>(cfg.checkpointDir, cfg.checkpointKeep);
+  int64_t written = 0;
+  double ckptSeconds = 0, lastCkptUnix = recovery::unixNow();
+  const std::string configText = detail::concat(
+      "model=", cfg.model, " sync=", cfg.sync, " staleness=", cfg.staleness, " servers=",
+      layout.servers(), " workers=", layout.workers(), " batch=", cfg.batch, " lr=", cfg.lr,
+      " momentum=", cfg.effectiveMomentum(), " seed=", cfg.seed);
+
+  ps::Server* srv = nullptr;
+  auto snapshot = [&] {
+    const auto t0 = std::chrono::steady_clock::now();
+    recovery::ShardSnapshot snap;
+    snap.shard = shard;
+    snap.lo = r.lo;
+    snap.hi = r.hi;
+    snap.version = srv->stats().version;
+    snap.round = srv->round();
+    snap.weights = srv->weights();
+    snap.momentum = srv->momentum();
+    snap.model = cfg.model;
+    snap.config = configText;
+    if (writer)
+      writer->submit(std::move(snap));
+    else
+      recovery::writeSnapshot(cfg.checkpointDir, snap, cfg.checkpointKeep);
+    ++written;
+    ckptSeconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    lastCkptUnix = recovery::unixNow();
+  };
+  if (ckpt && !every.empty() && !every.isTime())
+    opt.afterApply = [&] {
+      if (srv->stats().version % (every.steps * perStep) == 0) snapshot();
+    };
+
+  // Injected kills of shard 0's server: the n-th entry of --kill-server is for the n-th
+  // holder of the shard (a replacement does not re-run an earlier kill).
+  const std::vector<Schedule> kills = cfg.killServerAt();
+  size_t killIndex = 0;
+  if (ft.det)
+    for (const auto& f : ft.det->view().failures) killIndex += f.shard == 0 ? 1 : 0;
+
+  bool eventSent = false;
+  opt.tick = [&] {
+    if (ft.changed()) {
+      const recovery::View v = ft.accept();
+      for (int c = 0; c < layout.groups(); ++c)
+        if (!v.isAlive(layout.workerRank(layout.leaderOf(c)))) srv->dropClient(c);
+    }
+    if (shard == 0 && killIndex < kills.size() &&
+        due(kills[killIndex], srv->stats().version / perStep, ft.startUnix))
+      killSelf(ft, detail::concat("--kill-server ", cfg.killServer, " (shard 0 at update ",
+                                  srv->stats().version, ")"));
+    if (ckpt && every.isTime() && recovery::unixNow() - lastCkptUnix >= every.seconds) snapshot();
+    if (takeover && !eventSent && srv->firstApplyAfterResync() > 0) {
+      eventSent = true;
+      log::info("shard ", shard, " applies updates again on rank ", t.rank(), " (version ",
+                srv->stats().version, ")");
+    }
+  };
+
+  RankStats rs;
   ps::Server server(t, layout, opt, *policy, *be, std::move(slice));
+  srv = &server;
+  const std::string restoreDir = takeover ? cfg.checkpointDir : cfg.resumeDir;
+  if (takeover || !cfg.resumeDir.empty()) {
+    const auto t0 = std::chrono::steady_clock::now();
+    recovery::LoadResult lr;
+    if (ckpt || !cfg.resumeDir.empty()) lr = recovery::loadNewestSnapshot(restoreDir, shard);
+    if (lr.snap) {
+      if (lr.snap->lo != r.lo || lr.snap->hi != r.hi)
+        PHX_USER_ERROR(lr.file, " holds keys [",
+                       lr.snap->lo, ", ", lr.snap->hi, "), but shard ", shard, " of this model has [",
+                       r.lo, ", ", r.hi, "): same --model and --servers as the run that wrote it?");
+      server.restore(lr.snap->version, lr.snap->round, lr.snap->weights, lr.snap->momentum);
+      rs.restoredVersion = static_cast<double>(lr.snap->version);
+      log::info("shard ", shard, " restored from ", lr.file, " (version ", lr.snap->version,
+                ", round ", lr.snap->round, ", weights crc32 ", recovery::crcOf(lr.snap->weights), ")");
+    } else if (!cfg.resumeDir.empty() && !takeover) {
+      PHX_USER_ERROR("--resume ", cfg.resumeDir, ": no valid snapshot of shard ", shard, " in ",
+                     recovery::shardDir(cfg.resumeDir, shard),
+                     lr.skipped.empty() ? std::string() : detail::concat(" (skipped: ", lr.skipped.back(), ")"));
+    } else {
+      rs.restoredVersion = 0;
+      log::warn("shard ", shard, ": no valid snapshot in ", recovery::shardDir(restoreDir, shard),
+                "; it restarts from the initial weights");
+    }
+    rs.restoreSeconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    server.beginResync();
+  }
+  rs.tookOver = takeover ? 1 : 0;
+  rs.takeoverEpoch = sinceEpoch;
+  log::info("shard ", shard, " owns keys [", r.lo, ", ", r.hi, ") of ", all.size(), ", sync ",
+            policy->name(), ", ", layout.groups(), " client(s)", takeover ? " (took over)" : "");
   const double cpu0 = cpuSeconds();
   const auto t0 = std::chrono::steady_clock::now();
   server.run(layout.chiefRank());
+  if (writer) {
+    writer->flush();
+    ckptSeconds += 0;  // the background write time is reported separately
+  }
   const ps::ServerStats& s = server.stats();
-  RankStats rs;
   rs.isServer = 1;
   rs.index = shard;
   rs.rank = t.rank();
@@ -115,15 +282,51 @@ void runServer(const Config& cfg, transport::Transport& t, const ps::RoleLayout&
   rs.meanStaleness = s.version ? s.stalenessSum / static_cast<double>(s.version) : 0;
   rs.bytesIn = s.bytesIn;
   rs.bytesOut = s.bytesOut;
+  rs.clientsLost = static_cast<double>(s.clientsLost);
+  rs.snapshotsWritten = static_cast<double>(writer ? writer->written() : written);
+  rs.checkpointSeconds = writer ? writer->waitedSeconds() + ckptSeconds : ckptSeconds;
+  if (server.firstApplyAfterResync() > 0)
+    rs.firstApplyUnix = recovery::unixNow() -
+                        (std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count() -
+                         server.firstApplyAfterResync());
   sendStats(t, layout.chiefRank(), rs, cfg.peerTimeoutS);
+}
+
+// A spare: idle until a view gives it a shard (or the chief releases it at the end).
+void runSpare(const Config& cfg, transport::Transport& t, const ps::RoleLayout& layout,
+              const data::FashionMnist* fm, FtContext& ft) {
+  transport::Backoff idle;
+  for (;;) {
+    Header h;
+    int src = -1;
+    if (t.poll(MsgType::kDone, &h, &src)) return;
+    if (ft.changed()) {
+      const recovery::View v = ft.accept();
+      const int shard = v.shardOf(t.rank());
+      if (shard >= 0) {
+        log::warn("spare rank ", t.rank(), " takes over shard ", shard, " (epoch ", v.epoch, ")",
+                  cfg.downtimeS > 0 ? detail::concat(" after --downtime ", cfg.downtimeS, " s") : "");
+        if (cfg.downtimeS > 0)
+          std::this_thread::sleep_for(std::chrono::duration<double>(cfg.downtimeS));
+        data::FashionMnist loaded;
+        if (!fm) {
+          loaded = data::loadFashionMnist(cfg.dataDir);
+          fm = &loaded;
+        }
+        serveShard(cfg, t, layout, *fm, ft, shard, true, v.shardSince[shard]);
+        return;
+      }
+    }
+    idle.pause();
+  }
 }
 
 // ---------------------------------------------------------------- worker role
 class WorkerLoop {
  public:
   WorkerLoop(const Config& cfg, transport::Transport& t, const ps::RoleLayout& layout,
-             const data::FashionMnist& fm)
-      : cfg_(cfg), t_(t), layout_(layout), fm_(fm), w_(layout.workerIndex(t.rank())),
+             const data::FashionMnist& fm, FtContext& ft)
+      : cfg_(cfg), t_(t), layout_(layout), fm_(fm), ft_(ft), w_(layout.workerIndex(t.rank())),
         group_(layout.groupOf(w_)), leader_(layout.leaderOf(group_)), chief_(w_ == 0),
         be_(kernels::makeBackend(cfg.device, workerThreads(cfg.threads, ranksOnNode(t)))),
         model_(*be_, kernels::parseModelSpec(cfg.model),
@@ -137,6 +340,8 @@ class WorkerLoop {
       hostGrads_.resize(n_);
     }
     if (isLeader() && layout_.groupEnd(group_) - leader_ > 1) recv_.resize(n_);
+    if (ft_.det)
+      client_.setRefresh([this] { return onViewChange(); });
   }
 
   TrainResult run();
@@ -152,11 +357,18 @@ class WorkerLoop {
   void initialWeights();
   void shareWeights(int64_t clock);
   TrainResult finishChief(double trainSeconds, int64_t samples, double lastTrainLoss);
+  ps::Directory onViewChange();
+  std::string eventText(const std::string& base);
+  void noteFailures(const recovery::View& v);
+  size_t failuresSeen_ = 0;
+  int64_t startStep_ = 0;
+  std::vector<std::string> events_;
 
   const Config& cfg_;
   transport::Transport& t_;
   const ps::RoleLayout& layout_;
   const data::FashionMnist& fm_;
+  FtContext& ft_;
   int w_, group_, leader_;
   bool chief_;
   std::unique_ptr<kernels::Backend> be_;
@@ -166,6 +378,48 @@ class WorkerLoop {
   std::vector<float> hostParams_, hostGrads_, recv_;
 };
 
+void WorkerLoop::noteFailures(const recovery::View& v) {
+  for (; failuresSeen_ < v.failures.size(); ++failuresSeen_) {
+    const recovery::FailureRecord& f = v.failures[failuresSeen_];
+    const double from = f.killUnix > 0 ? f.killUnix : f.lastHeardUnix;
+    std::string line = detail::concat(
+        "FAILURE rank ", f.rank, " (", ps::roleName(static_cast<ps::Role>(f.role)),
+        f.shard >= 0 ? detail::concat(" of shard ", f.shard) : std::string(), ") detected ",
+        static_cast<int64_t>((f.detectedUnix - from) * 1000), " ms after ",
+        f.killUnix > 0 ? "the kill" : "its last heartbeat",
+        f.shard >= 0 ? (f.replacedBy >= 0 ? detail::concat("; rank ", f.replacedBy, " takes over")
+                                          : std::string("; no spare left"))
+                     : std::string("; training goes on without it"));
+    if (chief_) log::warn(line);
+    events_.push_back(detail::concat("failure:rank", f.rank));
+  }
+}
+
+std::string WorkerLoop::eventText(const std::string& base) {
+  std::string out = base;
+  for (const auto& e : events_) out += (out.empty() ? "" : ";") + e;
+  events_.clear();
+  return out;
+}
+
+ps::Directory WorkerLoop::onViewChange() {
+  const recovery::View v = ft_.accept();
+  noteFailures(v);
+  // A dead member of this worker's own group: not survivable yet (the group would have to
+  // shrink); end with a clear message rather than wait.
+  for (int m = leader_; m < layout_.groupEnd(group_); ++m)
+    if (!v.isAlive(layout_.workerRank(m)))
+      throw transport::PeerFailure({layout_.workerRank(m)}, v.epoch,
+                                   detail::concat("worker ", m, " of group ", group_,
+                                                  " died; a group cannot shrink yet (use --group-size 1 "
+                                                  "to survive worker deaths)"));
+  if (!v.isAlive(layout_.chiefRank()))
+    throw transport::PeerFailure({layout_.chiefRank()}, v.epoch,
+                                 "the chief worker (rank of worker 0) died; the run cannot report "
+                                 "its results. Resume with --resume DIR");
+  return ft_.directory(v);
+}
+
 void WorkerLoop::shareWeights(int64_t clock) {
   std::vector<transport::SendId> ids;
   for (int m = leader_ + 1; m < layout_.groupEnd(group_); ++m) {
@@ -174,6 +428,7 @@ void WorkerLoop::shareWeights(int64_t clock) {
     h.client = m;
     h.clock = clock;
     h.version = client_.minVersion();
+    h.value = static_cast<double>(client_.minServerStep());
     h.bytes = static_cast<int64_t>(n_ * sizeof(float));
     ids.push_back(t_.send(layout_.workerRank(m), h, paramBuf()));
   }
@@ -184,11 +439,20 @@ void WorkerLoop::initialWeights() {
   if (isLeader()) {
     client_.pull(0, paramBuf());
     shareWeights(0);
+    if (!cfg_.resumeDir.empty()) startStep_ = client_.minServerStep();
   } else {
     Header h;
     int src = -1;
-    t_.waitHeader(MsgType::kGroupWeights, &h, &src, cfg_.peerTimeoutS, "the initial weights");
+    for (;;) {
+      try {
+        t_.waitHeader(MsgType::kGroupWeights, &h, &src, cfg_.peerTimeoutS, "the initial weights");
+        break;
+      } catch (const transport::ViewChanged&) {
+        client_.refreshNow();
+      }
+    }
     t_.recvPayload(src, MsgType::kGroupWeights, paramBuf(), n_ * sizeof(float), cfg_.peerTimeoutS);
+    if (!cfg_.resumeDir.empty()) startStep_ = static_cast<int64_t>(h.value);
   }
   uploadParams();
 }
@@ -203,8 +467,15 @@ void WorkerLoop::exchange(int64_t clock, double loss) {
     for (int i = 1; i < members; ++i) {
       Header h;
       int src = -1;
-      t_.waitHeader(MsgType::kGroupGrad, &h, &src, cfg_.peerTimeoutS,
-                    detail::concat("group gradients of clock ", clock));
+      for (;;) {
+        try {
+          t_.waitHeader(MsgType::kGroupGrad, &h, &src, cfg_.peerTimeoutS,
+                        detail::concat("group gradients of clock ", clock));
+          break;
+        } catch (const transport::ViewChanged&) {
+          client_.refreshNow();
+        }
+      }
       PHX_ENFORCE(h.clock == clock && h.bytes == static_cast<int64_t>(bytes),
                   "group gradient for clock ", h.clock, " of ", h.bytes, " bytes, expected clock ",
                   clock);
@@ -236,8 +507,15 @@ void WorkerLoop::exchange(int64_t clock, double loss) {
     const auto id = t_.send(layout_.workerRank(leader_), g, gradBuf());
     Header h;
     int src = -1;
-    t_.waitHeader(MsgType::kGroupWeights, &h, &src, cfg_.peerTimeoutS,
-                  detail::concat("the group's weights of clock ", clock + 1));
+    for (;;) {
+      try {
+        t_.waitHeader(MsgType::kGroupWeights, &h, &src, cfg_.peerTimeoutS,
+                      detail::concat("the group's weights of clock ", clock + 1));
+        break;
+      } catch (const transport::ViewChanged&) {
+        client_.refreshNow();
+      }
+    }
     t_.recvPayload(src, MsgType::kGroupWeights, paramBuf(), bytes, cfg_.peerTimeoutS);
     t_.waitSend(id, cfg_.peerTimeoutS);
   }
@@ -264,7 +542,14 @@ TrainResult WorkerLoop::run() {
   int64_t samples = 0;
   double lastTrainLoss = NAN;
   const uint64_t dropoutSeed = cfg_.seed + 1000003ull * static_cast<uint64_t>(w_);
-  for (int64_t step = 0; step < p.totalSteps; ++step) {
+  if (startStep_ > 0 && chief_)
+    log::info("resuming from ", cfg_.resumeDir, " at step ", startStep_, " of ", p.totalSteps);
+  const std::vector<Schedule> workerKills = cfg_.killWorkerAt();
+  const bool killable = w_ == layout_.workers() - 1 && w_ != 0 && !workerKills.empty();
+  for (int64_t step = startStep_; step < p.totalSteps; ++step) {
+    if (ft_.changed()) client_.refreshNow();
+    if (killable && due(workerKills[0], step, ft_.startUnix))
+      killSelf(ft_, detail::concat("--kill-worker ", cfg_.killWorker, " (worker ", w_, " at step ", step, ")"));
     const int epoch = static_cast<int>(step / p.stepsPerEpoch);
     if (epoch != currentEpoch) {
       order = sharder.shard(epoch, w_);
@@ -291,7 +576,7 @@ TrainResult WorkerLoop::run() {
       const bool epochEnd = done % p.stepsPerEpoch == 0;
       metrics.write(MetricsRow{progress.elapsed(), done,
                                static_cast<double>(done) / p.stepsPerEpoch, lastTrainLoss,
-                               e.accuracy, client_.minVersion(), epochEnd ? "epoch" : ""});
+                               e.accuracy, client_.minVersion(), eventText(epochEnd ? "epoch" : "")});
       log::info("eval  step ", done, " epoch ", static_cast<double>(done) / p.stepsPerEpoch,
                 "  test accuracy ", e.accuracy * 100.0, " %  test loss ", e.loss,
                 "  (server version ", client_.minVersion(), ")");
@@ -328,7 +613,21 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
   for (int i = 0; i < layout_.servers(); ++i) {
     Header h;
     int src = -1;
-    t_.waitHeader(MsgType::kFinal, &h, &src, cfg_.peerTimeoutS, "the final weights");
+    for (;;) {
+      try {
+        t_.waitHeader(MsgType::kFinal, &h, &src, cfg_.peerTimeoutS, "the final weights");
+        break;
+      } catch (const transport::ViewChanged&) {
+        const recovery::View v = ft_.accept();
+        noteFailures(v);
+        for (int sh = 0; sh < layout_.servers(); ++sh)
+          if (v.shardRank[sh] != client_.serverRankOf(sh))
+            throw transport::PeerFailure(
+                {client_.serverRankOf(sh)}, v.epoch,
+                detail::concat("the server of shard ", sh, " died after training ended, before it sent "
+                               "the final weights; the newest snapshot is in ", cfg_.checkpointDir));
+      }
+    }
     PHX_ENFORCE(h.shard >= 0 && h.shard < layout_.servers() && h.offset == ranges[h.shard].lo &&
                     h.bytes == ranges[h.shard].size() * 4,
                 "bad final-weights message from rank ", src);
@@ -346,7 +645,16 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
   mine.bytesIn = client_.bytesReceived();
   mine.bytesOut = client_.bytesSent();
   all.push_back(mine);
-  const int expect = layout_.servers() + layout_.workers() - 1;
+  recovery::View finalView;
+  int expect = layout_.servers() + layout_.workers() - 1;
+  if (ft_.det) {
+    if (ft_.changed()) client_.refreshNow();
+    finalView = ft_.det->view();
+    noteFailures(finalView);
+    expect = 0;
+    for (int sh = 0; sh < layout_.servers(); ++sh) expect += finalView.shardRank[sh] >= 0 ? 1 : 0;
+    for (int w = 1; w < layout_.workers(); ++w) expect += finalView.isAlive(layout_.workerRank(w)) ? 1 : 0;
+  }
   for (int i = 0; i < expect; ++i) {
     Header h;
     int src = -1;
@@ -356,8 +664,9 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
     t_.recvPayload(src, MsgType::kStats, &s, sizeof s, cfg_.peerTimeoutS);
     all.push_back(s);
   }
-  // Replicas and spares idle in this job (recovery gives them work): release them.
+  // Replicas and spares still idle: release them.
   for (int r = layout_.servers(); r < layout_.firstWorkerRank(); ++r) {
+    if (ft_.det && (!finalView.isAlive(r) || finalView.shardOf(r) >= 0)) continue;
     Header h;
     h.type = MsgType::kDone;
     t_.waitSend(t_.send(r, h, nullptr), cfg_.peerTimeoutS);
@@ -393,6 +702,36 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
   s.samplesPerS = totalSamples / std::max(1e-9, trainSeconds);
   s.updatesApplied = updates;
   s.updatesLost = 0;
+  const int64_t perStep = sync::makePolicy(cfg_.sync, cfg_.staleness)->roundBased() ? 1 : layout_.groups();
+  for (const recovery::FailureRecord& f : finalView.failures) {
+    FailureRecord o;
+    o.rank = f.rank;
+    o.role = ps::roleName(static_cast<ps::Role>(f.role));
+    o.shard = f.shard;
+    o.replacedBy = f.replacedBy;
+    o.epoch = f.epoch;
+    o.killTimeKnown = f.killUnix > 0;
+    const double from = f.killUnix > 0 ? f.killUnix : f.lastHeardUnix;
+    o.detectedMs = std::round((f.detectedUnix - from) * 1000.0);
+    if (f.shard >= 0) {
+      for (const RankStats& r : all)
+        if (r.isServer && r.tookOver && static_cast<int>(r.index) == f.shard &&
+            static_cast<int>(r.takeoverEpoch) == f.epoch) {
+          if (r.firstApplyUnix > 0) o.recoveredMs = std::round((r.firstApplyUnix - from) * 1000.0);
+          for (const auto& m : client_.moves())
+            if (m.shard == f.shard && m.epoch == f.epoch && r.restoredVersion >= 0)
+              o.updatesLost = std::max<int64_t>(0, m.lastVersion - static_cast<int64_t>(r.restoredVersion));
+          o.rolledBackSteps = o.updatesLost / perStep;
+        }
+    }
+    s.updatesLost += o.updatesLost;
+    s.failures.push_back(o);
+  }
+  double snapshots = 0, ckptSeconds = 0;
+  for (const RankStats& r : all) {
+    snapshots += r.snapshotsWritten;
+    ckptSeconds += r.checkpointSeconds;
+  }
   s.extra = {{"model", jsonString(cfg_.model)},
              {"parameters", std::to_string(n_)},
              {"device", jsonString(be_->describe())},
@@ -410,6 +749,10 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
              {"messages_rejected", detail::concat(static_cast<int64_t>(rejected))},
              {"max_clock_lead", detail::concat(static_cast<int64_t>(maxLead))},
              {"max_staleness", detail::concat(static_cast<int64_t>(maxStale))},
+             {"recovery", jsonString(ft_.mode)},
+             {"snapshots_written", detail::concat(static_cast<int64_t>(snapshots))},
+             {"checkpoint_blocking_seconds", std::to_string(ckptSeconds)},
+             {"resends", detail::concat(client_.resends())},
              {"ranks", ranks}};
   if (!cfg_.summaryPath.empty()) writeFileAtomic(cfg_.summaryPath, s.toJson());
   log::info("done: ", s.steps, " steps per worker in ", fmtDuration(trainSeconds), ", ",
@@ -429,32 +772,64 @@ int workerThreads(int requested, int ranksOnNode) {
 }
 
 TrainResult runDistributed(const Config& cfg, transport::Transport& t,
-                           const data::FashionMnist* data) {
+                           const data::FashionMnist* data, transport::Transport* detectorT) {
   cfg.validate();
   const ps::RoleLayout layout(t.size(), cfg.servers, cfg.replicas, cfg.spares, cfg.groupSize);
   const ps::Role role = layout.roleOf(t.rank());
   log::setIdentity(t.rank(), ps::roleName(role), t.rank() == layout.chiefRank());
   if (t.rank() == layout.chiefRank()) log::info(layout.describe());
   sync::makePolicy(cfg.sync, cfg.staleness);  // reject a bad --sync on every rank alike
-  if (role == ps::Role::kReplica || role == ps::Role::kSpare) {
-    if (t.rank() == layout.servers())
-      log::warn("replica and spare ranks idle in this build until --recovery gives them a role");
+  FtContext ft;
+  ft.main = &t;
+  ft.layout = &layout;
+  ft.mode = cfg.effectiveRecovery();
+  ft.startUnix = recovery::unixNow();
+  if (ft.mode == "checkpoint" && layout.spares() == 0 && t.rank() == layout.chiefRank())
+    log::warn("--recovery checkpoint without --spares: a dead server cannot be replaced in this "
+              "job; it ends, and `--resume ", cfg.checkpointDir, "` restarts it from the snapshots");
+  std::unique_ptr<recovery::FailureDetector> det;
+  if (detectorT) {
+    det = std::make_unique<recovery::FailureDetector>(
+        *detectorT, layout,
+        recovery::DetectorOptions{cfg.heartbeatMs / 1000.0, cfg.failureTimeoutMs / 1000.0});
+    det->start();
+    ft.det = det.get();
+    ft.installHook();
+  }
+  log::debug("rank ", t.rank(), " pid ", getpid(), " role ", ps::roleName(role), ", recovery ", ft.mode);
+  TrainResult res;
+  if (role == ps::Role::kReplica) {
     Header h;
     int src = -1;
-    t.waitHeader(MsgType::kDone, &h, &src, 7 * 24 * 3600.0, "the end of the job");
-    return {};
+    transport::Backoff idle;
+    while (!t.poll(MsgType::kDone, &h, &src)) {
+      if (ft.changed()) ft.accept();
+      idle.pause();
+    }
+  } else if (role == ps::Role::kSpare) {
+    // Load the data now, while idle: a takeover must not wait for it.
+    data::FashionMnist loaded;
+    if (!data) {
+      loaded = data::loadFashionMnist(cfg.dataDir);
+      data = &loaded;
+    }
+    runSpare(cfg, t, layout, data, ft);
+  } else {
+    data::FashionMnist loaded;
+    if (!data) {
+      loaded = data::loadFashionMnist(cfg.dataDir);
+      data = &loaded;
+    }
+    if (role == ps::Role::kServer) {
+      serveShard(cfg, t, layout, *data, ft, t.rank(), false, 0);
+    } else {
+      WorkerLoop loop(cfg, t, layout, *data, ft);
+      res = loop.run();
+    }
   }
-  data::FashionMnist loaded;
-  if (!data) {
-    loaded = data::loadFashionMnist(cfg.dataDir);
-    data = &loaded;
-  }
-  if (role == ps::Role::kServer) {
-    runServer(cfg, t, layout, *data);
-    return {};
-  }
-  WorkerLoop loop(cfg, t, layout, *data);
-  return loop.run();
+  t.setInterrupt(nullptr);
+  if (det) det->leave();
+  return res;
 }
 
 }  // namespace phx::train

@@ -15,8 +15,11 @@ namespace phx::train {
 
 // Runs this rank's part of the job. data may be null for ranks that load it themselves (it is
 // loaded only where needed: workers). Returns the summary on the chief, an empty result elsewhere.
+// detectorT: a second transport over the same ranks for the failure detector's thread (null:
+// no failure detection, as in the in-process tests of the protocol).
 TrainResult runDistributed(const Config& cfg, transport::Transport& t,
-                           const data::FashionMnist* data = nullptr);
+                           const data::FashionMnist* data = nullptr,
+                           transport::Transport* detectorT = nullptr);
 
 // CPU threads a worker rank should use when --threads is 0: the cores of this node shared
 // among the ranks that compute on it, at least 1.

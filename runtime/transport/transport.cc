@@ -15,6 +15,11 @@ const char* msgTypeName(MsgType t) {
     case MsgType::kGroupGrad: return "group-gradient";
     case MsgType::kGroupWeights: return "group-weights";
     case MsgType::kFinal: return "final-weights";
+    case MsgType::kHeartbeat: return "heartbeat";
+    case MsgType::kView: return "view";
+    case MsgType::kLeave: return "leave";
+    case MsgType::kDying: return "dying";
+    case MsgType::kEvent: return "event";
   }
   return "unknown";
 }
@@ -36,7 +41,9 @@ using Clock = std::chrono::steady_clock;
 void Transport::waitSend(SendId id, double timeoutS) {
   const auto deadline = Clock::now() + std::chrono::duration<double>(timeoutS);
   Backoff b;
+  const int dst = destinationOf(id);
   while (!sendDone(id)) {
+    checkInterrupt(dst < 0 ? -2 : dst);
     if (Clock::now() > deadline)
       throw PeerFailure({}, 0,
                         detail::concat("a send from rank ", rank(), " did not complete within ",
@@ -56,6 +63,7 @@ void Transport::waitHeader(MsgType type, Header* h, int* src, double timeoutS,
   const auto deadline = Clock::now() + std::chrono::duration<double>(timeoutS);
   Backoff b;
   while (!poll(type, h, src)) {
+    checkInterrupt(-1);
     if (Clock::now() > deadline)
       throw PeerFailure({}, 0,
                         detail::concat("rank ", rank(), " waited ", timeoutS, " s for ", what,

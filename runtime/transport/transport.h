@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -26,8 +27,15 @@ enum class MsgType : uint16_t {
   kGroupGrad = 6,     // group member -> leader: gradient to reduce
   kGroupWeights = 7,  // leader -> group member: weights after the pull
   kFinal = 8,         // server -> chief worker: final weights slice after every worker is done
+  // Failure detection and recovery (recovery/): on the detector's own communicator ...
+  kHeartbeat = 9,     // any -> coordinator, coordinator -> all: "alive at epoch e"
+  kView = 10,         // coordinator -> all: the new membership view (payload: serialized View)
+  kLeave = 11,        // any -> all: finished normally, stop watching me (not a failure)
+  kDying = 12,        // injected kill: "I SIGKILL myself now" (value: wall time of the kill)
+  // ... and on the training communicator:
+  kEvent = 13,        // new server -> chief: recovery event (payload: doubles)
 };
-inline constexpr int kNumMsgTypes = 9;
+inline constexpr int kNumMsgTypes = 14;
 const char* msgTypeName(MsgType t);
 
 enum HeaderFlags : uint16_t {
@@ -64,6 +72,25 @@ class PeerFailure : public std::runtime_error {
   int epoch_;
 };
 
+// The others declared this rank failed (it was frozen too long): it must leave on its own,
+// without taking the job down.
+class Excluded : public PeerFailure {
+ public:
+  using PeerFailure::PeerFailure;
+};
+
+// The membership changed (a rank failed and the survivors installed a new view) while this rank
+// was waiting: the caller re-reads the view, re-targets and resumes.
+class ViewChanged : public std::runtime_error {
+ public:
+  explicit ViewChanged(int epoch)
+      : std::runtime_error("membership view changed"), epoch_(epoch) {}
+  int epoch() const { return epoch_; }
+
+ private:
+  int epoch_;
+};
+
 using SendId = int64_t;
 
 class Transport {
@@ -76,6 +103,8 @@ class Transport {
   // payload must stay valid and unchanged until sendDone(id) is true or waitSend(id) returns.
   virtual SendId send(int dst, const Header& h, const void* payload) = 0;
   virtual bool sendDone(SendId id) = 0;
+  // The destination rank of a send still in flight (-1 when it is complete or unknown).
+  virtual int destinationOf(SendId id) const { return -1; }
   // Waits for a send to complete (or throws PeerFailure after timeoutS).
   void waitSend(SendId id, double timeoutS);
 
@@ -91,6 +120,19 @@ class Transport {
   // Waits for a header of this type, sleeping between polls (never spinning); throws
   // PeerFailure naming `waitingFor` after timeoutS.
   void waitHeader(MsgType type, Header* h, int* src, double timeoutS, const std::string& what);
+
+  // Failure handling. The interrupt hook is called inside every wait loop with the peer waited
+  // on (-1: any peer); it may throw ViewChanged to end the wait (recovery installs it).
+  void setInterrupt(std::function<void(int peer)> hook) { interrupt_ = std::move(hook); }
+  void checkInterrupt(int peer) {
+    if (interrupt_) interrupt_(peer);
+  }
+  // A rank declared dead: headers from it are dropped unread and sends to it are abandoned
+  // (a large send to a dead rank would never complete).
+  virtual void markDead(int rank) {}
+
+ private:
+  std::function<void(int)> interrupt_;
 };
 
 // Poll loop pacing shared by every wait: a few immediate retries, then sleeps growing from

@@ -232,7 +232,7 @@ TEST(Server, MalformedMessagesAreRejectedAndNeverApplied) {
   };
   push([](Header& h) { h.magic = 0xdeadbeef; });
   push([](Header& h) { h.shard = 3; });
-  push([](Header& h) { h.epoch = 7; });
+  push([](Header& h) { h.epoch = -1; });  // older than the server's epoch (a dead server's era)
   push([](Header& h) { h.client = 1; });  // client 1 speaking from worker 0's rank
   push([](Header& h) { h.offset = 2; });
   push([](Header& h) { h.clock = 5; });   // out of order: client 0 is at clock 0

@@ -48,8 +48,10 @@ class InprocTransport final : public Transport {
   bool sendDone(SendId) override { return true; }
   bool poll(MsgType type, Header* h, int* src) override;
   void recvPayload(int src, MsgType type, void* dst, size_t bytes, double timeoutS) override;
+  void markDead(int rank) override;
 
  private:
+  std::vector<char> dead_;
   InprocFabric& fabric_;
   int rank_;
   SendId next_ = 0;

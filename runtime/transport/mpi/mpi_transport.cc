@@ -33,6 +33,31 @@ MpiTransport::MpiTransport(MPI_Comm comm) : comm_(comm) {
   PHX_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
   PHX_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
   PHX_MPI_CHECK(MPI_Comm_size(comm_, &size_));
+  dead_.assign(size_, 0);
+}
+
+int MpiTransport::destinationOf(SendId id) const {
+  auto it = sends_.find(id);
+  return it == sends_.end() ? -1 : it->second->dst;
+}
+
+void MpiTransport::markDead(int rank) {
+  if (rank < 0 || rank >= size_ || dead_[rank]) return;
+  dead_[rank] = 1;
+  // Abandon what is still going to it: cancel and free (a large message to a dead rank never
+  // completes); the buffers stay owned by the callers, who stop waiting on these ids.
+  for (auto it = sends_.begin(); it != sends_.end();) {
+    if (it->second->dst != rank) {
+      ++it;
+      continue;
+    }
+    for (MPI_Request& r : it->second->req)
+      if (r != MPI_REQUEST_NULL) {
+        MPI_Cancel(&r);
+        MPI_Request_free(&r);
+      }
+    it = sends_.erase(it);
+  }
 }
 
 MpiTransport::~MpiTransport() {
@@ -53,6 +78,11 @@ SendId MpiTransport::send(int dst, const Header& h, const void* payload) {
               "payload of ", h.bytes, " bytes exceeds one MPI message (2 GiB); use more servers");
   auto slot = std::make_unique<Slot>();
   slot->h = h;
+  slot->dst = dst;
+  if (dead_[dst]) {  // never talk to a dead rank: the send "completes" at once, to nobody
+    const SendId id = next_++;
+    return id;
+  }
   PHX_MPI_CHECK(MPI_Isend(&slot->h, sizeof(Header), MPI_BYTE, dst, headerTag(h.type), comm_,
                           &slot->req[0]));
   if (h.bytes > 0)
@@ -78,6 +108,14 @@ bool MpiTransport::poll(MsgType type, Header* h, int* src) {
   MPI_Status st;
   PHX_MPI_CHECK(MPI_Improbe(MPI_ANY_SOURCE, headerTag(type), comm_, &flag, &msg, &st));
   if (!flag) return false;
+  if (dead_[st.MPI_SOURCE]) {
+    // From a rank declared dead: drop the header; its payload (if any) stays unread.
+    int count = 0;
+    MPI_Get_count(&st, MPI_BYTE, &count);
+    std::vector<unsigned char> junk(count > 0 ? count : 1);
+    PHX_MPI_CHECK(MPI_Mrecv(junk.data(), count, MPI_BYTE, &msg, MPI_STATUS_IGNORE));
+    return false;
+  }
   int count = 0;
   PHX_MPI_CHECK(MPI_Get_count(&st, MPI_BYTE, &count));
   if (count != static_cast<int>(sizeof(Header))) {
@@ -107,12 +145,24 @@ void MpiTransport::recvPayload(int src, MsgType type, void* dst, size_t bytes, d
     int flag = 0;
     MPI_Status st;
     PHX_MPI_CHECK(MPI_Test(&req, &flag, &st));
+    if (!flag && dead_[src]) {
+      MPI_Cancel(&req);
+      MPI_Request_free(&req);
+      throw ViewChanged(-1);
+    }
     if (flag) {
       int count = 0;
       MPI_Get_count(&st, MPI_BYTE, &count);
       PHX_ENFORCE(static_cast<size_t>(count) == bytes, "payload from rank ", src, " had ", count,
                   " bytes, its header said ", bytes);
       return;
+    }
+    try {
+      checkInterrupt(src);
+    } catch (...) {
+      MPI_Cancel(&req);
+      MPI_Request_free(&req);
+      throw;
     }
     if (Clock::now() > deadline) {
       MPI_Cancel(&req);

@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "runtime/transport/transport.h"
 
@@ -34,18 +35,22 @@ class MpiTransport final : public Transport {
 
   SendId send(int dst, const Header& h, const void* payload) override;
   bool sendDone(SendId id) override;
+  int destinationOf(SendId id) const override;
+  void markDead(int rank) override;
   bool poll(MsgType type, Header* h, int* src) override;
   void recvPayload(int src, MsgType type, void* dst, size_t bytes, double timeoutS) override;
 
  private:
   struct Slot {
     Header h;
+    int dst = -1;
     MPI_Request req[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
   };
   MPI_Comm comm_;
   int rank_ = 0, size_ = 1;
   SendId next_ = 0;
   std::unordered_map<SendId, std::unique_ptr<Slot>> sends_;
+  std::vector<char> dead_;
 };
 
 }  // namespace phx::transport

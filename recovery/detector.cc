@@ -1,0 +1,255 @@
+#include "recovery/detector.h"
+
+#include <chrono>
+
+#include "runtime/core/log.h"
+
+namespace phx::recovery {
+
+using transport::Header;
+using transport::MsgType;
+
+namespace {
+double steadyNow() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+FailureDetector::FailureDetector(transport::Transport& t, const ps::RoleLayout& layout,
+                                 DetectorOptions opt)
+    : t_(t), layout_(layout), opt_(opt), me_(t.rank()), view_(initialView(layout)) {
+  const int n = t.size();
+  PHX_ENFORCE(n == layout.worldSize(), "detector transport has ", n, " ranks, the job ",
+              layout.worldSize());
+  lastHeard_.assign(n, steadyNow());
+  lastHeardUnix_.assign(n, unixNow());
+  killUnix_.assign(n, 0);
+  left_ranks_.assign(n, 0);
+  suspect_.assign(n, 0);
+}
+
+FailureDetector::~FailureDetector() {
+  stop_.store(true);
+  if (thread_.joinable()) thread_.join();
+}
+
+void FailureDetector::start() {
+  if (started_) return;
+  started_ = true;
+  lastTick_ = steadyNow();
+  for (double& h : lastHeard_) h = lastTick_;
+  thread_ = std::thread([this] { loop(); });
+}
+
+View FailureDetector::view() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return view_;
+}
+
+void FailureDetector::checkInterrupt(int peer, int acked) const {
+  const int e = epoch_.load();
+  if (e == acked || peer == -2) return;
+  if (peer == -1) throw transport::ViewChanged(e);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!view_.isAlive(peer)) throw transport::ViewChanged(e);
+}
+
+void FailureDetector::announceDeath() {
+  if (!started_ || stop_.load()) return;
+  dyingUnix_.store(unixNow());
+  dying_.store(true);
+  for (int i = 0; i < 200 && !dyingSent_.load(); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+}
+
+void FailureDetector::leave() {
+  if (!started_ || left_) return;
+  left_ = true;
+  stop_.store(true);
+  if (thread_.joinable()) thread_.join();
+  // Tell every live rank that this is not a failure (small sends, bounded wait).
+  const View v = view();
+  std::vector<transport::SendId> ids;
+  for (int r = 0; r < t_.size(); ++r)
+    if (r != me_ && v.isAlive(r)) {
+      Header h;
+      h.type = MsgType::kLeave;
+      h.epoch = v.epoch;
+      ids.push_back(t_.send(r, h, nullptr));
+    }
+  const double deadline = steadyNow() + 1.0;
+  for (auto id : ids)
+    while (!t_.sendDone(id) && steadyNow() < deadline)
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+}
+
+void FailureDetector::haltForTest() {
+  halt_.store(true);
+  stop_.store(true);
+  if (thread_.joinable()) thread_.join();
+}
+
+void FailureDetector::loop() {
+  while (!stop_.load()) {
+    const double f = freezeS_.exchange(0);
+    if (f > 0) std::this_thread::sleep_for(std::chrono::duration<double>(f));
+    try {
+      tick();
+    } catch (const std::exception& e) {
+      log::error("failure detector: ", e.what());
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
+int FailureDetector::candidate() const {
+  for (int r = 0; r < static_cast<int>(view_.alive.size()); ++r)
+    if (view_.alive[r] && !left_ranks_[r] && !suspect_[r]) return r;
+  return me_;
+}
+
+void FailureDetector::sendView(int dst, const View& v) {
+  std::vector<unsigned char> buf = v.serialize();
+  Header h;
+  h.type = MsgType::kView;
+  h.epoch = v.epoch;
+  h.bytes = static_cast<int64_t>(buf.size());
+  const auto id = t_.send(dst, h, buf.data());
+  sends_.emplace_back(id, std::move(buf));
+}
+
+void FailureDetector::reapSends() {
+  // Sends to live ranks complete; those to ranks marked dead are abandoned by the transport
+  // (sendDone is then true), so every entry goes eventually.
+  std::erase_if(sends_, [&](const auto& s) { return t_.sendDone(s.first); });
+}
+
+void FailureDetector::sendBeat(int dst, int epoch) {
+  Header hb;
+  hb.type = MsgType::kHeartbeat;
+  hb.epoch = epoch;
+  sends_.emplace_back(t_.send(dst, hb, nullptr), std::vector<unsigned char>{});
+}
+
+void FailureDetector::install(const View& v, bool announce) {
+  View old;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    old = view_;
+    view_ = v;
+  }
+  const double now = steadyNow();
+  for (int r = 0; r < static_cast<int>(v.alive.size()); ++r) {
+    if (!v.alive[r]) t_.markDead(r);
+    suspect_[r] = 0;
+    lastHeard_[r] = now;  // new relationships start with a full timeout
+  }
+  candidate_ = -1;
+  acting_ = false;
+  if (!v.isAlive(me_)) {
+    fenced_.store(true);
+    log::error("this rank was declared failed by rank ", v.issuer, " (epoch ", v.epoch,
+               "); it was probably frozen longer than --failure-timeout-ms; leaving the job");
+  }
+  for (size_t i = old.failures.size(); i < v.failures.size(); ++i) {
+    const FailureRecord& f = v.failures[i];
+    log::warn("rank ", f.rank, " (", ps::roleName(static_cast<ps::Role>(f.role)),
+              f.shard >= 0 ? detail::concat(" of shard ", f.shard) : std::string(),
+              ") declared failed at epoch ", v.epoch, " by rank ", v.issuer,
+              f.shard >= 0 ? (f.replacedBy >= 0 ? detail::concat("; rank ", f.replacedBy, " takes over")
+                                                : std::string("; no spare left to take over"))
+                           : std::string());
+  }
+  epoch_.store(v.epoch);
+  if (announce)
+    for (int r = 0; r < static_cast<int>(v.alive.size()); ++r)
+      if (r != me_ && v.alive[r] && !left_ranks_[r]) sendView(r, v);
+}
+
+void FailureDetector::tick() {
+  const double now = steadyNow();
+  // Our own thread did not run for a long while (SIGSTOP, swapped out): blame ourselves.
+  if (now - lastTick_ > opt_.timeoutS / 2)
+    for (double& h : lastHeard_) h = now;
+  lastTick_ = now;
+  reapSends();
+  if (fenced_.load()) return;
+
+  Header h;
+  int src = -1;
+  View cur = view();
+  while (t_.poll(MsgType::kHeartbeat, &h, &src)) {
+    if (!cur.isAlive(src)) {
+      if (h.epoch < cur.epoch) sendView(src, cur);  // fence a resumed, excluded rank
+      continue;
+    }
+    lastHeard_[src] = now;
+    lastHeardUnix_[src] = unixNow();
+  }
+  while (t_.poll(MsgType::kView, &h, &src)) {
+    std::vector<unsigned char> buf(static_cast<size_t>(h.bytes));
+    t_.recvPayload(src, MsgType::kView, buf.data(), buf.size(), 1.0);
+    const View v = View::parse(buf.data(), buf.size());
+    lastHeard_[src] = now;
+    if (v.epoch > cur.epoch) {
+      install(v, false);
+      cur = v;
+    }
+  }
+  while (t_.poll(MsgType::kLeave, &h, &src)) left_ranks_[src] = 1;
+  while (t_.poll(MsgType::kDying, &h, &src)) killUnix_[src] = h.value;
+  if (fenced_.load()) return;
+
+  // Injected kill of this rank: tell every live rank when, before the signal (whoever ends up
+  // coordinating the failover measures detection from it).
+  if (dying_.load() && !dyingSent_.load()) {
+    Header d;
+    d.type = MsgType::kDying;
+    d.epoch = cur.epoch;
+    d.value = dyingUnix_.load();
+    std::vector<transport::SendId> ids;
+    for (int r = 0; r < static_cast<int>(cur.alive.size()); ++r)
+      if (r != me_ && cur.alive[r] && !left_ranks_[r]) ids.push_back(t_.send(r, d, nullptr));
+    for (auto id : ids)
+      for (int i = 0; i < 100 && !t_.sendDone(id); ++i)
+        std::this_thread::sleep_for(std::chrono::microseconds(500));
+    dyingSent_.store(true);
+  }
+
+  const int c = candidate();
+  if (c != candidate_) {
+    candidate_ = c;
+    if (c != me_) lastHeard_[c] = now;  // it gets a full timeout to show up
+  }
+  const bool beat = now - lastBeat_ >= opt_.heartbeatS;
+  if (beat) lastBeat_ = now;
+  if (c == me_) {
+    if (!acting_) {
+      acting_ = true;
+      for (double& x : lastHeard_) x = std::max(x, now - opt_.heartbeatS);
+    }
+    std::vector<int> dead;
+    for (int r = 0; r < static_cast<int>(cur.alive.size()); ++r) {
+      if (r == me_ || !cur.alive[r] || left_ranks_[r]) continue;
+      if (suspect_[r] || now - lastHeard_[r] > opt_.timeoutS) dead.push_back(r);
+    }
+    if (!dead.empty()) {
+      install(nextView(cur, layout_, dead, me_, unixNow(), lastHeardUnix_, killUnix_), true);
+      return;
+    }
+    if (beat)
+      for (int r = 0; r < static_cast<int>(cur.alive.size()); ++r)
+        if (r != me_ && cur.alive[r] && !left_ranks_[r]) sendBeat(r, cur.epoch);
+  } else {
+    acting_ = false;
+    if (now - lastHeard_[c] > opt_.timeoutS) {
+      suspect_[c] = 1;  // the next tick moves on to the next candidate
+      log::warn("no heartbeat from coordinator rank ", c, " for ", opt_.timeoutS,
+                " s; suspecting it");
+      return;
+    }
+    if (beat) sendBeat(c, cur.epoch);
+  }
+}
+
+}  // namespace phx::recovery

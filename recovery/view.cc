@@ -1,0 +1,148 @@
+#include "recovery/view.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "runtime/core/error.h"
+
+namespace phx::recovery {
+
+double unixNow() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+int View::coordinator() const {
+  for (int r = 0; r < static_cast<int>(alive.size()); ++r)
+    if (alive[r]) return r;
+  return -1;
+}
+
+int View::aliveCount() const {
+  return static_cast<int>(std::count(alive.begin(), alive.end(), 1));
+}
+
+int View::shardOf(int rank) const {
+  for (int s = 0; s < static_cast<int>(shardRank.size()); ++s)
+    if (shardRank[s] == rank) return s;
+  return -1;
+}
+
+View initialView(const ps::RoleLayout& layout) {
+  View v;
+  v.alive.assign(layout.worldSize(), 1);
+  for (int s = 0; s < layout.servers(); ++s) {
+    v.shardRank.push_back(layout.serverRank(s));
+    v.shardSince.push_back(0);
+  }
+  const int firstSpare = layout.servers() * (1 + layout.replicas());
+  for (int k = 0; k < layout.spares(); ++k) v.spares.push_back(firstSpare + k);
+  return v;
+}
+
+View nextView(const View& v, const ps::RoleLayout& layout, const std::vector<int>& dead,
+              int issuer, double nowUnix, const std::vector<double>& lastHeardUnix,
+              const std::vector<double>& killUnix) {
+  View n = v;
+  n.epoch = v.epoch + 1;
+  n.issuer = issuer;
+  for (int r : dead) n.alive[r] = 0;
+  std::erase_if(n.spares, [&](int r) { return !n.alive[r]; });
+  for (int r : dead) {
+    FailureRecord f;
+    f.rank = r;
+    f.epoch = n.epoch;
+    f.shard = v.shardOf(r);
+    f.role = static_cast<int>(f.shard >= 0 ? ps::Role::kServer : layout.roleOf(r));
+    f.killUnix = r < static_cast<int>(killUnix.size()) ? killUnix[r] : 0;
+    f.lastHeardUnix = r < static_cast<int>(lastHeardUnix.size()) ? lastHeardUnix[r] : 0;
+    f.detectedUnix = nowUnix;
+    if (f.shard >= 0) {
+      if (!n.spares.empty()) {
+        n.shardRank[f.shard] = n.spares.front();
+        n.spares.erase(n.spares.begin());
+      } else {
+        n.shardRank[f.shard] = -1;
+      }
+      n.shardSince[f.shard] = n.epoch;
+      f.replacedBy = n.shardRank[f.shard];
+    }
+    n.failures.push_back(f);
+  }
+  // A shard whose replacement died as well (a failure during a rebuild) moves on again.
+  for (int s = 0; s < static_cast<int>(n.shardRank.size()); ++s)
+    if (n.shardRank[s] >= 0 && !n.alive[n.shardRank[s]]) {
+      n.shardRank[s] = n.spares.empty() ? -1 : n.spares.front();
+      if (!n.spares.empty()) n.spares.erase(n.spares.begin());
+      n.shardSince[s] = n.epoch;
+    }
+  return n;
+}
+
+namespace {
+struct Writer {
+  std::vector<unsigned char> out;
+  template <class T>
+  void put(const T& x) {
+    const auto* p = reinterpret_cast<const unsigned char*>(&x);
+    out.insert(out.end(), p, p + sizeof x);
+  }
+  template <class T>
+  void putVec(const std::vector<T>& v) {
+    put(static_cast<int32_t>(v.size()));
+    for (const T& x : v) put(x);
+  }
+};
+struct Reader {
+  const unsigned char* p;
+  size_t left;
+  template <class T>
+  T get() {
+    PHX_ENFORCE(left >= sizeof(T), "truncated view message");
+    T x;
+    std::memcpy(&x, p, sizeof x);
+    p += sizeof x;
+    left -= sizeof x;
+    return x;
+  }
+  template <class T>
+  std::vector<T> getVec() {
+    const int32_t n = get<int32_t>();
+    PHX_ENFORCE(n >= 0 && static_cast<size_t>(n) * sizeof(T) <= left, "malformed view message");
+    std::vector<T> v(n);
+    for (T& x : v) x = get<T>();
+    return v;
+  }
+};
+constexpr uint32_t kViewMagic = 0x56494557;  // "VIEW"
+}  // namespace
+
+std::vector<unsigned char> View::serialize() const {
+  Writer w;
+  w.put(kViewMagic);
+  w.put(static_cast<int32_t>(epoch));
+  w.put(static_cast<int32_t>(issuer));
+  w.putVec(alive);
+  w.putVec(shardRank);
+  w.putVec(shardSince);
+  w.putVec(spares);
+  w.putVec(failures);
+  return w.out;
+}
+
+View View::parse(const unsigned char* data, size_t bytes) {
+  Reader r{data, bytes};
+  PHX_ENFORCE(r.get<uint32_t>() == kViewMagic, "not a view message");
+  View v;
+  v.epoch = r.get<int32_t>();
+  v.issuer = r.get<int32_t>();
+  v.alive = r.getVec<char>();
+  v.shardRank = r.getVec<int>();
+  v.shardSince = r.getVec<int>();
+  v.spares = r.getVec<int>();
+  v.failures = r.getVec<FailureRecord>();
+  PHX_ENFORCE(r.left == 0 && v.shardRank.size() == v.shardSince.size(), "malformed view message");
+  return v;
+}
+
+}  // namespace phx::recovery

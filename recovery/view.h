@@ -1,0 +1,57 @@
+// The membership view: who is alive and who serves which shard, at an epoch. Every survivor
+// installs the same sequence of views (the coordinator issues them, see detector.h), so every
+// role decision made from a view (which spare takes over which shard, which worker left BSP
+// membership) is a pure function of it and needs no further agreement.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "runtime/ps/layout.h"
+
+namespace phx::recovery {
+
+// One failure, as recorded in the view that excluded the rank.
+struct FailureRecord {
+  int rank = -1;
+  int epoch = 0;           // the epoch of the view that excluded it
+  int role = 0;            // ps::Role at the time of death
+  int shard = -1;          // shard it served (servers), -1 otherwise
+  int replacedBy = -1;     // rank that took the role over (-1: none)
+  double killUnix = 0;     // wall time of the kill when the rank announced it (injected), else 0
+  double lastHeardUnix = 0;  // last heartbeat the coordinator had from it
+  double detectedUnix = 0;   // when the coordinator declared it dead
+};
+
+struct View {
+  int epoch = 0;
+  int issuer = -1;               // the coordinator that issued it
+  std::vector<char> alive;       // per rank of the job
+  std::vector<int> shardRank;    // shard -> rank serving it now (-1: no one: the shard is lost)
+  std::vector<int> shardSince;   // shard -> epoch at which that rank took it over
+  std::vector<int> spares;       // spare ranks not yet given a role, in takeover order
+  std::vector<FailureRecord> failures;  // every failure so far, oldest first
+
+  bool isAlive(int rank) const { return rank >= 0 && rank < static_cast<int>(alive.size()) && alive[rank]; }
+  int coordinator() const;  // the lowest live rank
+  int aliveCount() const;
+  // The shard this rank serves in this view (-1: none).
+  int shardOf(int rank) const;
+
+  std::vector<unsigned char> serialize() const;
+  static View parse(const unsigned char* data, size_t bytes);  // throws on malformed input
+};
+
+// The first view of a job: everyone alive, shard i on rank i, spares in rank order.
+View initialView(const ps::RoleLayout& layout);
+
+// The view after `dead` failed (deterministic): they leave, every shard they served goes to the
+// first free live spare (or to no one), dead spares leave the spare list.
+View nextView(const View& v, const ps::RoleLayout& layout, const std::vector<int>& dead,
+              int issuer, double nowUnix, const std::vector<double>& lastHeardUnix,
+              const std::vector<double>& killUnix);
+
+double unixNow();
+
+}  // namespace phx::recovery
