@@ -38,6 +38,10 @@ void PsClient::retarget(const Directory& d) {
     log::info("client ", client_, ": shard ", s, " now served by rank ", d.rank[s], " (epoch ",
               d.epoch, ")");
     moves_.push_back(Move{s, d.epoch, versions_[s]});
+    if (doneSent_) {  // finished: the new server must not wait for this client
+      pending_.push_back(t_.send(dir_.rank[s], header(MsgType::kDone, s, 0), nullptr));
+      continue;
+    }
     if (!out_.active || out_.got[s]) continue;
     ++resends_;
     if (out_.isPush)
@@ -149,6 +153,7 @@ void PsClient::waitPushes() {
 void PsClient::done() {
   waitPushes();
   out_.active = false;
+  doneSent_ = true;
   for (int s = 0; s < static_cast<int>(ranges_.size()); ++s)
     if (dir_.rank[s] >= 0)
       pending_.push_back(t_.send(dir_.rank[s], header(MsgType::kDone, s, 0), nullptr));

@@ -84,6 +84,7 @@ class PsClient {
     std::vector<char> got;
   } out_;
   int64_t resends_ = 0;
+  bool doneSent_ = false;
   std::vector<Move> moves_;
   double bytesSent_ = 0, bytesReceived_ = 0;
 };

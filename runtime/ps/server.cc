@@ -108,12 +108,15 @@ bool Server::step() {
   bool any = false;
   Header h;
   int src = -1;
-  // Pushes first: a pull that waits on a round is then answered in the same pass.
-  while (t_.poll(MsgType::kPush, &h, &src)) {
+  // Pushes first: a pull that waits on a round is then answered in the same pass. A pass
+  // takes a bounded number of messages, so that the caller's tick (failure handling, kill
+  // injection, checkpoints) runs even while clients keep the server busy.
+  const int budget = 2 * opt_.clients;
+  for (int n = 0; n < budget && t_.poll(MsgType::kPush, &h, &src); ++n) {
     any = true;
     handlePush(h, src);
   }
-  while (t_.poll(MsgType::kPull, &h, &src)) {
+  for (int n = 0; n < budget && t_.poll(MsgType::kPull, &h, &src); ++n) {
     any = true;
     handlePull(h, src);
   }
@@ -172,9 +175,9 @@ void Server::handlePush(const Header& h, int src) {
 void Server::closeRound() {
   if (opt_.aggregate == sync::Aggregate::kMean && roundPushes_ > 1)
     be_.scale(acc_.size(), 1.0f / static_cast<float>(roundPushes_), acc_.data());
-  apply(acc_.data(), roundBaseMin_);
   roundPushes_ = 0;
-  ++round_;
+  ++round_;  // before apply: a snapshot taken after the update records the closed round
+  apply(acc_.data(), roundBaseMin_);
 }
 
 void Server::apply(const float* grad, int64_t baseVersion) {

@@ -209,6 +209,7 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
     for (const auto& f : ft.det->view().failures) killIndex += f.shard == 0 ? 1 : 0;
 
   bool eventSent = false;
+  RankStats rs;
   opt.tick = [&] {
     if (ft.changed()) {
       const recovery::View v = ft.accept();
@@ -222,12 +223,23 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
     if (ckpt && every.isTime() && recovery::unixNow() - lastCkptUnix >= every.seconds) snapshot();
     if (takeover && !eventSent && srv->firstApplyAfterResync() > 0) {
       eventSent = true;
+      // Tell the chief at once (this server may die too before the end-of-run counters).
+      const double nowSteady =
+          std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+      const double ev[4] = {static_cast<double>(shard), static_cast<double>(sinceEpoch),
+                            recovery::unixNow() - (nowSteady - srv->firstApplyAfterResync()),
+                            rs.restoredVersion};
+      Header eh;
+      eh.type = MsgType::kEvent;
+      eh.shard = shard;
+      eh.bytes = sizeof ev;
+      t.waitSend(t.send(layout.chiefRank(), eh, ev), cfg.peerTimeoutS);
       log::info("shard ", shard, " applies updates again on rank ", t.rank(), " (version ",
                 srv->stats().version, ")");
     }
   };
 
-  RankStats rs;
+  if (takeover) unsetenv("PHX_TEST_KILL_IN_CHECKPOINT");  // the test hook kills one writer only
   ps::Server server(t, layout, opt, *policy, *be, std::move(slice));
   srv = &server;
   const std::string restoreDir = takeover ? cfg.checkpointDir : cfg.resumeDir;
@@ -242,7 +254,7 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
                        r.lo, ", ", r.hi, "): same --model and --servers as the run that wrote it?");
       server.restore(lr.snap->version, lr.snap->round, lr.snap->weights, lr.snap->momentum);
       rs.restoredVersion = static_cast<double>(lr.snap->version);
-      log::info("shard ", shard, " restored from ", lr.file, " (version ", lr.snap->version,
+      log::warn("shard ", shard, " restored from ", lr.file, " (version ", lr.snap->version,
                 ", round ", lr.snap->round, ", weights crc32 ", recovery::crcOf(lr.snap->weights), ")");
     } else if (!cfg.resumeDir.empty() && !takeover) {
       PHX_USER_ERROR("--resume ", cfg.resumeDir, ": no valid snapshot of shard ", shard, " in ",
@@ -361,6 +373,12 @@ class WorkerLoop {
   std::string eventText(const std::string& base);
   void noteFailures(const recovery::View& v);
   size_t failuresSeen_ = 0;
+  struct Recovered {
+    int shard, epoch;
+    double firstApplyUnix, restoredVersion;
+  };
+  std::vector<Recovered> recovered_;
+  void pollEvents();
   int64_t startStep_ = 0;
   std::vector<std::string> events_;
 
@@ -392,6 +410,23 @@ void WorkerLoop::noteFailures(const recovery::View& v) {
                      : std::string("; training goes on without it"));
     if (chief_) log::warn(line);
     events_.push_back(detail::concat("failure:rank", f.rank));
+  }
+}
+
+void WorkerLoop::pollEvents() {
+  Header h;
+  int src = -1;
+  while (t_.poll(MsgType::kEvent, &h, &src)) {
+    double ev[4] = {0, 0, 0, 0};
+    if (h.bytes != sizeof ev) {
+      t_.discardPayload(src, MsgType::kEvent, static_cast<size_t>(h.bytes), cfg_.peerTimeoutS);
+      continue;
+    }
+    t_.recvPayload(src, MsgType::kEvent, ev, sizeof ev, cfg_.peerTimeoutS);
+    recovered_.push_back({static_cast<int>(ev[0]), static_cast<int>(ev[1]), ev[2], ev[3]});
+    log::warn("RECOVERED shard ", static_cast<int>(ev[0]), " on rank ", src, ": restored version ",
+              static_cast<int64_t>(ev[3]), ", updates applied again");
+    events_.push_back(detail::concat("recovered:shard", static_cast<int>(ev[0])));
   }
 }
 
@@ -567,6 +602,7 @@ TrainResult WorkerLoop::run() {
     exchange(step, loss);
     samples += n;
     if (!chief_) continue;
+    if (ft_.det) pollEvents();
     const int64_t done = step + 1;
     progress.step(done, n, loss);
     if (progress.evalDue(done)) {
@@ -595,6 +631,17 @@ TrainResult WorkerLoop::run() {
     rs.bytesIn = client_.bytesReceived();
     rs.bytesOut = client_.bytesSent();
     sendStats(t_, layout_.chiefRank(), rs, cfg_.peerTimeoutS);
+    if (ft_.det && isLeader()) {
+      // Stay until the chief has every shard's final weights: a server that dies now is
+      // replaced, and its replacement must hear this client's "done" again.
+      Header h;
+      int src = -1;
+      transport::Backoff idle;
+      while (!t_.poll(MsgType::kDone, &h, &src)) {
+        if (ft_.changed()) client_.refreshNow();
+        idle.pause();
+      }
+    }
     return {};
   }
   lastTrainLoss = progress.takeEvalLoss();
@@ -664,6 +711,15 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
     t_.recvPayload(src, MsgType::kStats, &s, sizeof s, cfg_.peerTimeoutS);
     all.push_back(s);
   }
+  // Group leaders wait for this (see run()); then replicas and spares still idle.
+  if (ft_.det)
+    for (int g = 1; g < layout_.groups(); ++g) {
+      const int r = layout_.workerRank(layout_.leaderOf(g));
+      if (!finalView.isAlive(r)) continue;
+      Header h;
+      h.type = MsgType::kDone;
+      t_.waitSend(t_.send(r, h, nullptr), cfg_.peerTimeoutS);
+    }
   // Replicas and spares still idle: release them.
   for (int r = layout_.servers(); r < layout_.firstWorkerRank(); ++r) {
     if (ft_.det && (!finalView.isAlive(r) || finalView.shardOf(r) >= 0)) continue;
@@ -702,6 +758,7 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
   s.samplesPerS = totalSamples / std::max(1e-9, trainSeconds);
   s.updatesApplied = updates;
   s.updatesLost = 0;
+  if (ft_.det) pollEvents();
   const int64_t perStep = sync::makePolicy(cfg_.sync, cfg_.staleness)->roundBased() ? 1 : layout_.groups();
   for (const recovery::FailureRecord& f : finalView.failures) {
     FailureRecord o;
@@ -714,6 +771,15 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
     const double from = f.killUnix > 0 ? f.killUnix : f.lastHeardUnix;
     o.detectedMs = std::round((f.detectedUnix - from) * 1000.0);
     if (f.shard >= 0) {
+      for (const Recovered& rc : recovered_)
+        if (rc.shard == f.shard && rc.epoch == f.epoch) {
+          o.recoveredMs = std::round((rc.firstApplyUnix - from) * 1000.0);
+          for (const auto& m : client_.moves())
+            if (m.shard == f.shard && m.epoch == f.epoch && rc.restoredVersion >= 0)
+              o.updatesLost = std::max<int64_t>(0, m.lastVersion - static_cast<int64_t>(rc.restoredVersion));
+          o.rolledBackSteps = o.updatesLost / perStep;
+        }
+      if (o.recoveredMs < 0)
       for (const RankStats& r : all)
         if (r.isServer && r.tookOver && static_cast<int>(r.index) == f.shard &&
             static_cast<int>(r.takeoverEpoch) == f.epoch) {
@@ -796,7 +862,7 @@ TrainResult runDistributed(const Config& cfg, transport::Transport& t,
     ft.det = det.get();
     ft.installHook();
   }
-  log::debug("rank ", t.rank(), " pid ", getpid(), " role ", ps::roleName(role), ", recovery ", ft.mode);
+  log::info("rank ", t.rank(), " pid ", getpid(), " role ", ps::roleName(role), ", recovery ", ft.mode);
   TrainResult res;
   if (role == ps::Role::kReplica) {
     Header h;

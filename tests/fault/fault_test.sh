@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Failure recovery under real SIGKILLs and SIGSTOPs (ctest label `fault`): real mpirun jobs
+# launched with --enable-recovery, ranks killed by their own injection flag at seeded random
+# steps, or from outside by PID (as an operator's kill -9 or a freeze would). Each job runs
+# under `timeout`, so nothing outlives the test; every check reads the summary JSON.
+# Usage: fault_test.sh PATH/TO/phoenix
+set -u
+PHX=${1:?usage: fault_test.sh PATH/TO/phoenix}
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+pass=0 fail=0
+ok() { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
+
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export OMP_WAIT_POLICY=PASSIVE
+MPIRUN=(mpirun --oversubscribe --bind-to none --enable-recovery)
+EVERY=10
+COMMON=(--model mlp --batch 32 --eval-every 50 --threads 1 --recovery checkpoint
+        --checkpoint-every $EVERY)
+EXTRA_MPI=()
+RANDOM=20261124  # seeded: the kill steps are random but the same on every run
+
+# job NAME NP ARGS...: a job that must finish (rc 0) and leave $TMP/NAME.json.
+job() {
+  local name=$1 np=$2; shift 2
+  local out rc t0=$SECONDS
+  local steps=(--steps 150) level=(--log-level warn)
+  case " $* " in *" --steps "*) steps=();; esac
+  case " $* " in *" --log-level "*) level=();; esac
+  out=$(timeout 120 "${MPIRUN[@]}" "${EXTRA_MPI[@]}" -n "$np" "$PHX" train "${COMMON[@]}" "${steps[@]}" "${level[@]}" \
+        --checkpoint-dir "$TMP/$name.ckpt" --summary "$TMP/$name.json" "$@" 2>&1); rc=$?
+  echo "$out" > "$TMP/$name.log"
+  echo "  $name: $((SECONDS - t0)) s"
+  # Open MPI 4 with --enable-recovery always exits 0: the summary is the job's verdict.
+  if [ $rc -ne 0 ] || [ ! -s "$TMP/$name.json" ]; then bad "$name: rc $rc: $(tail -20 "$TMP/$name.log")"; return 1; fi
+  return 0
+}
+# check NAME PYTHON-EXPRESSION over the summary `s` (f = s['failures']).
+check() {
+  local name=$1 expr=$2
+  if /usr/bin/python3 -c "import json,sys; s=json.load(open('$TMP/$name.json')); f=s['failures']; sys.exit(0 if ($expr) else 1)"; then
+    ok
+  else
+    bad "$name: $expr does not hold: $(cat "$TMP/$name.json")"
+  fi
+}
+# A server failure that was recovered: detected within 1.5 s of the kill, a spare took over,
+# updates applied again, rolled back at most --checkpoint-every steps.
+recovered() {
+  local name=$1 n=$2
+  check "$name" "len([x for x in f if x['role'] == 'server']) == $n"
+  check "$name" "all(x['replaced_by'] >= 0 and 0 < x['detected_ms'] <= 1500 and x['recovered_ms'] > 0 for x in f if x['role'] == 'server')"
+  # sync: at most --checkpoint-every steps; async: plus the write still in flight at the kill
+  local most=$EVERY
+  case " $* " in *" async "*) most=$((2 * EVERY));; esac
+  check "$name" "all(0 <= x['rolled_back_steps'] <= $most for x in f)"
+  check "$name" "s['final_test_accuracy'] > 0.6 and s['updates_lost'] == sum(x['updates_lost'] for x in f)"
+}
+
+# 1. checkpoint sync/async x BSP/ASP x one and two injected kills at seeded random steps.
+for mode in sync async; do
+  for sync in bsp asp; do
+    k1=$((20 + RANDOM % 50))
+    name=ck-$mode-$sync-1
+    job $name 6 --servers 1 --spares 1 --sync $sync --checkpoint-mode $mode --kill-server $k1 &&
+      recovered $name 1 $mode
+    k1=$((15 + RANDOM % 30)); k2=$((k1 + 30 + RANDOM % 40))
+    name=ck-$mode-$sync-2
+    job $name 7 --servers 1 --spares 2 --sync $sync --checkpoint-mode $mode --kill-server $k1,$k2 &&
+      recovered $name 2 $mode
+  done
+done
+
+# 2. Two shards, the second one's server is untouched: only shard 0 rolls back.
+job two-shards 7 --servers 2 --spares 1 --kill-server 40 && recovered two-shards 1 &&
+  check two-shards "f[0]['shard'] == 0"
+
+# 3. A worker SIGKILLs itself: BSP drops it from the rounds and the others finish.
+job worker-kill 5 --servers 1 --kill-worker 30 &&
+  check worker-kill "len(f) == 1 and f[0]['role'] == 'worker' and f[0]['detected_ms'] <= 1500" &&
+  check worker-kill "s['final_test_accuracy'] > 0.6"
+
+# 4. From outside, by PID: kill -9 of the server, and SIGSTOP of the server (a freeze).
+external() {
+  local name=$1 sig=$2
+  ( timeout 120 "${MPIRUN[@]}" -n 6 "$PHX" train "${COMMON[@]}" --steps 1500 --log-level debug \
+      --servers 1 --spares 1 --checkpoint-dir "$TMP/$name.ckpt" --summary "$TMP/$name.json" \
+      > "$TMP/$name.log" 2>&1 ) &
+  local runner=$! pid="" i
+  for i in $(seq 1 200); do
+    pid=$(sed -n 's/.*rank 0 pid \([0-9]*\) role server.*/\1/p' "$TMP/$name.log" | head -1)
+    if [ -n "$pid" ] && grep -q "step [0-9]*/1500" "$TMP/$name.log"; then break; fi
+    sleep 0.1
+  done
+  if [ -z "$pid" ]; then bad "$name: no server pid in the log"; wait $runner; return; fi
+  kill -s "$sig" "$pid"
+  if [ "$sig" = STOP ]; then
+    # Let the job notice and go on without it, then let the frozen rank resume: it must find
+    # itself excluded and leave on its own.
+    for i in $(seq 1 100); do grep -q "takes over shard 0" "$TMP/$name.log" && break; sleep 0.1; done
+    sleep 1
+    kill -s CONT "$pid" 2>/dev/null
+  fi
+  wait $runner
+  if [ ! -s "$TMP/$name.json" ]; then bad "$name: no summary: $(tail -20 "$TMP/$name.log")"; return; fi
+  check "$name" "len(f) == 1 and f[0]['rank'] == 0 and not f[0]['kill_time_known'] and f[0]['replaced_by'] == 1"
+  check "$name" "f[0]['detected_ms'] <= 1500 and f[0]['recovered_ms'] > 0 and s['final_test_accuracy'] > 0.6"
+  if [ "$sig" = STOP ]; then
+    # The resumed, excluded rank must have left on its own (the job ended without it).
+    if kill -0 "$pid" 2>/dev/null; then bad "$name: the frozen rank $pid is still there"; kill -9 "$pid"; else ok; fi
+  fi
+}
+external ext-kill KILL
+external ext-stop STOP
+
+# 5. A kill in the middle of a snapshot write (test hook: the .tmp is half written, no rename,
+#    no marker): the replacement restores the previous valid snapshot.
+export PHX_TEST_KILL_IN_CHECKPOINT=50
+EXTRA_MPI=(-x PHX_TEST_KILL_IN_CHECKPOINT)
+job kill-in-write 6 --servers 1 --spares 1 --checkpoint-mode sync
+EXTRA_MPI=()
+unset PHX_TEST_KILL_IN_CHECKPOINT
+if grep -q "restored from .*snap-000000000040.h5" "$TMP/kill-in-write.log" 2>/dev/null; then ok; else
+  bad "kill-in-write: not restored from the snapshot before the interrupted one: $(grep -i 'restor\|snap' "$TMP/kill-in-write.log" | head)"; fi
+
+# 6. --recovery none: a death ends the whole job promptly, non-zero, with one clear line.
+#    (Under --enable-recovery Open MPI 4's mpirun exits 0 whatever the ranks return, so the
+#    check is the message, the missing summary and the time; without it mpirun exits 137.)
+t0=$SECONDS
+out=$(timeout 60 "${MPIRUN[@]}" -n 4 "$PHX" train --model mlp --steps 300 --threads 1 \
+      --log-level warn --recovery none --kill-server 20 --summary "$TMP/none.json" 2>&1); rc=$?
+if [ $rc -ne 124 ] && [ ! -e "$TMP/none.json" ] && [ $((SECONDS - t0)) -lt 30 ] &&
+   echo "$out" | grep -q "recovery none ends the job"; then ok; else
+  bad "recovery none: rc $rc: $(echo "$out" | tail -5)"; fi
+
+# 7. Asking for recovery without a launch that lets survivors live is refused up front.
+out=$(timeout 60 mpirun --oversubscribe -n 3 "$PHX" train --model mlp --steps 5 --recovery checkpoint 2>&1); rc=$?
+if [ $rc -ne 0 ] && echo "$out" | grep -q -- "--enable-recovery"; then ok; else
+  bad "launch check: rc $rc: $(echo "$out" | tail -3)"; fi
+
+# 8. --resume: a new job starts from the newest valid snapshot of the last one.
+job first 4 --servers 1 --steps 60 --checkpoint-mode sync && {
+  cp -r "$TMP/first.ckpt" "$TMP/resume.ckpt"
+  out=$(timeout 120 "${MPIRUN[@]}" -n 4 "$PHX" train "${COMMON[@]}" --steps 100 --log-level info \
+        --servers 1 --resume "$TMP/resume.ckpt" --summary "$TMP/resume.json" 2>&1); rc=$?
+  if [ $rc -eq 0 ] && echo "$out" | grep -q "resuming from .* at step 60 of 100"; then ok; else
+    bad "resume: rc $rc: $(echo "$out" | grep -i 'resum\|error' | head)"; fi
+  check resume "s['updates_applied'] == 100"
+}
+
+# 9. phoenix inspect: a valid snapshot prints, a truncated one is named and refused.
+snap=$(ls "$TMP"/first.ckpt/shard0/snap-*.h5 | tail -1)
+"$PHX" inspect "$snap" | grep -q "valid Phoenix shard snapshot" && ok || bad "inspect of $snap"
+truncate -s 1000 "$snap"
+out=$("$PHX" inspect "$snap" 2>&1); rc=$?
+if [ $rc -eq 2 ] && echo "$out" | grep -q "truncated"; then ok; else bad "inspect truncated: rc $rc: $out"; fi
+
+echo "fault tests: $pass passed, $fail failed"
+[ $fail -eq 0 ]
