@@ -370,6 +370,8 @@ class WorkerLoop {
   void shareWeights(int64_t clock);
   TrainResult finishChief(double trainSeconds, int64_t samples, double lastTrainLoss);
   ps::Directory onViewChange();
+  // waitHeader that follows view changes (re-targeting the client) instead of failing.
+  void waitFor(MsgType type, Header* h, int* src, const std::string& what);
   std::string eventText(const std::string& base);
   void noteFailures(const recovery::View& v);
   size_t failuresSeen_ = 0;
@@ -395,6 +397,17 @@ class WorkerLoop {
   ps::PsClient client_;
   std::vector<float> hostParams_, hostGrads_, recv_;
 };
+
+void WorkerLoop::waitFor(MsgType type, Header* h, int* src, const std::string& what) {
+  for (;;) {
+    try {
+      t_.waitHeader(type, h, src, cfg_.peerTimeoutS, what);
+      return;
+    } catch (const transport::ViewChanged&) {
+      client_.refreshNow();
+    }
+  }
+}
 
 void WorkerLoop::noteFailures(const recovery::View& v) {
   for (; failuresSeen_ < v.failures.size(); ++failuresSeen_) {
@@ -478,14 +491,7 @@ void WorkerLoop::initialWeights() {
   } else {
     Header h;
     int src = -1;
-    for (;;) {
-      try {
-        t_.waitHeader(MsgType::kGroupWeights, &h, &src, cfg_.peerTimeoutS, "the initial weights");
-        break;
-      } catch (const transport::ViewChanged&) {
-        client_.refreshNow();
-      }
-    }
+    waitFor(MsgType::kGroupWeights, &h, &src, "the initial weights");
     t_.recvPayload(src, MsgType::kGroupWeights, paramBuf(), n_ * sizeof(float), cfg_.peerTimeoutS);
     if (!cfg_.resumeDir.empty()) startStep_ = static_cast<int64_t>(h.value);
   }
@@ -502,15 +508,7 @@ void WorkerLoop::exchange(int64_t clock, double loss) {
     for (int i = 1; i < members; ++i) {
       Header h;
       int src = -1;
-      for (;;) {
-        try {
-          t_.waitHeader(MsgType::kGroupGrad, &h, &src, cfg_.peerTimeoutS,
-                        detail::concat("group gradients of clock ", clock));
-          break;
-        } catch (const transport::ViewChanged&) {
-          client_.refreshNow();
-        }
-      }
+      waitFor(MsgType::kGroupGrad, &h, &src, detail::concat("group gradients of clock ", clock));
       PHX_ENFORCE(h.clock == clock && h.bytes == static_cast<int64_t>(bytes),
                   "group gradient for clock ", h.clock, " of ", h.bytes, " bytes, expected clock ",
                   clock);
@@ -542,15 +540,7 @@ void WorkerLoop::exchange(int64_t clock, double loss) {
     const auto id = t_.send(layout_.workerRank(leader_), g, gradBuf());
     Header h;
     int src = -1;
-    for (;;) {
-      try {
-        t_.waitHeader(MsgType::kGroupWeights, &h, &src, cfg_.peerTimeoutS,
-                      detail::concat("the group's weights of clock ", clock + 1));
-        break;
-      } catch (const transport::ViewChanged&) {
-        client_.refreshNow();
-      }
-    }
+    waitFor(MsgType::kGroupWeights, &h, &src, detail::concat("the group's weights of clock ", clock + 1));
     t_.recvPayload(src, MsgType::kGroupWeights, paramBuf(), bytes, cfg_.peerTimeoutS);
     t_.waitSend(id, cfg_.peerTimeoutS);
   }
