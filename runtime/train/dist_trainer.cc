@@ -18,6 +18,7 @@
 #include "runtime/ps/layout.h"
 #include "runtime/ps/server.h"
 #include "runtime/train/progress.h"
+#include "runtime/train/roles.h"
 
 namespace phx::train {
 
@@ -25,313 +26,6 @@ using transport::Header;
 using transport::MsgType;
 
 namespace {
-
-// Every rank's end-of-run counters, sent to the chief as raw doubles.
-struct RankStats {
-  double isServer = 0, index = 0, rank = 0;
-  double samples = 0, seconds = 0, cpuSeconds = 0, steps = 0;
-  double version = 0, gradients = 0, pulls = 0, rejected = 0;
-  double maxLead = 0, maxStaleness = 0, meanStaleness = 0, bytesIn = 0, bytesOut = 0;
-  // recovery (servers that took a shard over)
-  double tookOver = 0, takeoverEpoch = 0, restoredVersion = -1, firstApplyUnix = 0;
-  double restoreSeconds = 0, snapshotsWritten = 0, checkpointSeconds = 0, clientsLost = 0;
-  double resends = 0;
-};
-
-// This rank's view of failures: the detector (null when there is none), the view epoch the
-// training thread has acted on, and what the run does about failures.
-struct FtContext {
-  recovery::FailureDetector* det = nullptr;
-  transport::Transport* main = nullptr;
-  const ps::RoleLayout* layout = nullptr;
-  std::string mode = "none";
-  int acked = 0;
-  double startUnix = 0;
-
-  bool changed() const { return det && det->epoch() != acked; }
-  // Takes the newest view: dead ranks are cut off the training transport, the epoch is
-  // acknowledged. With --recovery none any failure ends the job here.
-  recovery::View accept() {
-    recovery::View v = det->view();
-    if (det->fenced())
-      throw transport::Excluded({main->rank()}, v.epoch,
-                                   "this rank was declared failed by the others (frozen longer than "
-                                   "--failure-timeout-ms?) and leaves the job");
-    for (int r = 0; r < static_cast<int>(v.alive.size()); ++r)
-      if (!v.alive[r]) main->markDead(r);
-    acked = v.epoch;
-    if (mode == "none" && !v.failures.empty()) {
-      const recovery::FailureRecord& f = v.failures.back();
-      throw transport::PeerFailure(
-          {f.rank}, v.epoch,
-          detail::concat("rank ", f.rank, " (", ps::roleName(static_cast<ps::Role>(f.role)),
-                         ") failed (no heartbeat for the failure timeout); --recovery none ends "
-                         "the job. To survive it: mpirun --enable-recovery ... --recovery checkpoint "
-                         "--spares 1"));
-    }
-    return v;
-  }
-  ps::Directory directory(const recovery::View& v) const {
-    return ps::Directory{v.epoch, v.shardRank, v.shardSince};
-  }
-  void installHook() {
-    if (!det) return;
-    main->setInterrupt([this](int peer) { det->checkInterrupt(peer, acked); });
-  }
-};
-
-// Injected kills: SIGKILL of this very process, announced to the coordinator first so that
-// detection time is measured from the kill.
-[[noreturn]] void killSelf(FtContext& ft, const std::string& what) {
-  log::warn("injected failure: ", what, " -- SIGKILL of rank ", ft.main->rank(), " (pid ", getpid(), ")");
-  if (ft.det) ft.det->announceDeath();
-  ::raise(SIGKILL);
-  for (;;) pause();
-}
-
-bool due(const Schedule& s, int64_t step, double startUnix) {
-  return s.isTime() ? recovery::unixNow() - startUnix >= s.seconds : step >= s.steps;
-}
-
-double cpuSeconds() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
-         1e-6 * static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
-}
-
-void sendStats(transport::Transport& t, int to, const RankStats& s, double timeoutS) {
-  Header h;
-  h.type = MsgType::kStats;
-  h.bytes = sizeof(RankStats);
-  t.waitSend(t.send(to, h, &s), timeoutS);
-}
-
-struct Plan {
-  int64_t stepsPerEpoch = 0, totalSteps = 0;
-};
-Plan plan(const Config& cfg, const data::Dataset& train, int workers) {
-  const data::EpochSharder sharder(train.count, workers, cfg.seed);
-  Plan p;
-  p.stepsPerEpoch = (static_cast<int64_t>(sharder.shardSize(0)) + cfg.batch - 1) / cfg.batch;
-  p.totalSteps = cfg.steps > 0 ? cfg.steps : p.stepsPerEpoch * cfg.epochs;
-  return p;
-}
-
-kernels::SgdParams sgdOf(const Config& cfg) {
-  return kernels::SgdParams{static_cast<float>(cfg.lr), static_cast<float>(cfg.effectiveMomentum()),
-                            static_cast<float>(cfg.weightDecay), cfg.nesterov};
-}
-
-int ranksOnNode(const transport::Transport& t) {
-  for (const char* v : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"})
-    if (const char* s = std::getenv(v)) {
-      const int n = std::atoi(s);
-      if (n > 0) return n;
-    }
-  return t.size();
-}
-
-// ---------------------------------------------------------------- server role
-// Serves `shard` until every client is done. takeover: this rank replaces the shard's dead
-// server (a spare): it restores the newest valid snapshot and resynchronises the clients.
-void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout& layout,
-                const data::FashionMnist& fm, FtContext& ft, int shard, bool takeover,
-                int sinceEpoch) {
-  auto be = kernels::makeBackend("cpu", 1);
-  kernels::Model init(*be, kernels::parseModelSpec(cfg.model), 1);
-  init.initParams(cfg.seed);
-  std::vector<float> all;
-  init.getParams(all);
-  const auto ranges = ps::splitKeys(static_cast<int64_t>(all.size()), layout.servers());
-  const ps::KeyRange r = ranges[shard];
-  std::vector<float> slice(all.begin() + r.lo, all.begin() + r.hi);
-
-  const auto policy = sync::makePolicy(cfg.sync, cfg.staleness);
-  const Plan p = plan(cfg, fm.train, layout.workers());
-  // Updates the server will apply over the run: one per round (BSP) or one per push.
-  const int64_t perStep = policy->roundBased() ? 1 : layout.groups();
-  const int64_t totalUpdates = p.totalSteps * perStep;
-  ps::ServerOptions opt;
-  opt.shard = shard;
-  opt.range = r;
-  opt.clients = layout.groups();
-  opt.epoch = sinceEpoch;
-  opt.aggregate = sync::parseAggregate(cfg.aggregate);
-  opt.sgd = sgdOf(cfg);
-  opt.lrAt = [&cfg, totalUpdates](int64_t v) { return learningRate(cfg, v, totalUpdates); };
-  opt.timeoutS = cfg.peerTimeoutS;
-
-  // Checkpoints.
-  const bool ckpt = ft.mode == "checkpoint";
-  const Schedule every = parseSchedule("--checkpoint-every", cfg.checkpointEvery);
-  std::unique_ptr<recovery::AsyncSnapshotWriter> writer;
-  if (ckpt && !every.empty() && cfg.checkpointMode == "async")
-    writer = std::make_unique<recovery::AsyncSnapshotWriter>(cfg.checkpointDir, cfg.checkpointKeep);
-  int64_t written = 0;
-  double ckptSeconds = 0, lastCkptUnix = recovery::unixNow();
-  const std::string configText = detail::concat(
-      "model=", cfg.model, " sync=", cfg.sync, " staleness=", cfg.staleness, " servers=",
-      layout.servers(), " workers=", layout.workers(), " batch=", cfg.batch, " lr=", cfg.lr,
-      " momentum=", cfg.effectiveMomentum(), " seed=", cfg.seed);
-
-  ps::Server* srv = nullptr;
-  auto snapshot = [&] {
-    const auto t0 = std::chrono::steady_clock::now();
-    recovery::ShardSnapshot snap;
-    snap.shard = shard;
-    snap.lo = r.lo;
-    snap.hi = r.hi;
-    snap.version = srv->stats().version;
-    snap.round = srv->round();
-    snap.weights = srv->weights();
-    snap.momentum = srv->momentum();
-    snap.model = cfg.model;
-    snap.config = configText;
-    if (writer)
-      writer->submit(std::move(snap));
-    else
-      recovery::writeSnapshot(cfg.checkpointDir, snap, cfg.checkpointKeep);
-    ++written;
-    ckptSeconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    lastCkptUnix = recovery::unixNow();
-  };
-  if (ckpt && !every.empty() && !every.isTime())
-    opt.afterApply = [&] {
-      if (srv->stats().version % (every.steps * perStep) == 0) snapshot();
-    };
-
-  // Injected kills of shard 0's server: the n-th entry of --kill-server is for the n-th
-  // holder of the shard (a replacement does not re-run an earlier kill).
-  const std::vector<Schedule> kills = cfg.killServerAt();
-  size_t killIndex = 0;
-  if (ft.det)
-    for (const auto& f : ft.det->view().failures) killIndex += f.shard == 0 ? 1 : 0;
-
-  bool eventSent = false;
-  RankStats rs;
-  opt.tick = [&] {
-    if (ft.changed()) {
-      const recovery::View v = ft.accept();
-      for (int c = 0; c < layout.groups(); ++c)
-        if (!v.isAlive(layout.workerRank(layout.leaderOf(c)))) srv->dropClient(c);
-    }
-    if (shard == 0 && killIndex < kills.size() &&
-        due(kills[killIndex], srv->stats().version / perStep, ft.startUnix))
-      killSelf(ft, detail::concat("--kill-server ", cfg.killServer, " (shard 0 at update ",
-                                  srv->stats().version, ")"));
-    if (ckpt && every.isTime() && recovery::unixNow() - lastCkptUnix >= every.seconds) snapshot();
-    if (takeover && !eventSent && srv->firstApplyAfterResync() > 0) {
-      eventSent = true;
-      // Tell the chief at once (this server may die too before the end-of-run counters).
-      const double nowSteady =
-          std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-      const double ev[4] = {static_cast<double>(shard), static_cast<double>(sinceEpoch),
-                            recovery::unixNow() - (nowSteady - srv->firstApplyAfterResync()),
-                            rs.restoredVersion};
-      Header eh;
-      eh.type = MsgType::kEvent;
-      eh.shard = shard;
-      eh.bytes = sizeof ev;
-      t.waitSend(t.send(layout.chiefRank(), eh, ev), cfg.peerTimeoutS);
-      log::info("shard ", shard, " applies updates again on rank ", t.rank(), " (version ",
-                srv->stats().version, ")");
-    }
-  };
-
-  if (takeover) unsetenv("PHX_TEST_KILL_IN_CHECKPOINT");  // the test hook kills one writer only
-  ps::Server server(t, layout, opt, *policy, *be, std::move(slice));
-  srv = &server;
-  const std::string restoreDir = takeover ? cfg.checkpointDir : cfg.resumeDir;
-  if (takeover || !cfg.resumeDir.empty()) {
-    const auto t0 = std::chrono::steady_clock::now();
-    recovery::LoadResult lr;
-    if (ckpt || !cfg.resumeDir.empty()) lr = recovery::loadNewestSnapshot(restoreDir, shard);
-    if (lr.snap) {
-      if (lr.snap->lo != r.lo || lr.snap->hi != r.hi)
-        PHX_USER_ERROR(lr.file, " holds keys [",
-                       lr.snap->lo, ", ", lr.snap->hi, "), but shard ", shard, " of this model has [",
-                       r.lo, ", ", r.hi, "): same --model and --servers as the run that wrote it?");
-      server.restore(lr.snap->version, lr.snap->round, lr.snap->weights, lr.snap->momentum);
-      rs.restoredVersion = static_cast<double>(lr.snap->version);
-      log::warn("shard ", shard, " restored from ", lr.file, " (version ", lr.snap->version,
-                ", round ", lr.snap->round, ", weights crc32 ", recovery::crcOf(lr.snap->weights), ")");
-    } else if (!cfg.resumeDir.empty() && !takeover) {
-      PHX_USER_ERROR("--resume ", cfg.resumeDir, ": no valid snapshot of shard ", shard, " in ",
-                     recovery::shardDir(cfg.resumeDir, shard),
-                     lr.skipped.empty() ? std::string() : detail::concat(" (skipped: ", lr.skipped.back(), ")"));
-    } else {
-      rs.restoredVersion = 0;
-      log::warn("shard ", shard, ": no valid snapshot in ", recovery::shardDir(restoreDir, shard),
-                "; it restarts from the initial weights");
-    }
-    rs.restoreSeconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    server.beginResync();
-  }
-  rs.tookOver = takeover ? 1 : 0;
-  rs.takeoverEpoch = sinceEpoch;
-  log::info("shard ", shard, " owns keys [", r.lo, ", ", r.hi, ") of ", all.size(), ", sync ",
-            policy->name(), ", ", layout.groups(), " client(s)", takeover ? " (took over)" : "");
-  const double cpu0 = cpuSeconds();
-  const auto t0 = std::chrono::steady_clock::now();
-  server.run(layout.chiefRank());
-  if (writer) {
-    writer->flush();
-    ckptSeconds += 0;  // the background write time is reported separately
-  }
-  const ps::ServerStats& s = server.stats();
-  rs.isServer = 1;
-  rs.index = shard;
-  rs.rank = t.rank();
-  rs.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  rs.cpuSeconds = cpuSeconds() - cpu0;
-  rs.version = static_cast<double>(s.version);
-  rs.gradients = static_cast<double>(s.gradients);
-  rs.pulls = static_cast<double>(s.pullsServed);
-  rs.rejected = static_cast<double>(s.rejected);
-  rs.maxLead = static_cast<double>(s.maxLead);
-  rs.maxStaleness = static_cast<double>(s.maxStaleness);
-  rs.meanStaleness = s.version ? s.stalenessSum / static_cast<double>(s.version) : 0;
-  rs.bytesIn = s.bytesIn;
-  rs.bytesOut = s.bytesOut;
-  rs.clientsLost = static_cast<double>(s.clientsLost);
-  rs.snapshotsWritten = static_cast<double>(writer ? writer->written() : written);
-  rs.checkpointSeconds = writer ? writer->waitedSeconds() + ckptSeconds : ckptSeconds;
-  if (server.firstApplyAfterResync() > 0)
-    rs.firstApplyUnix = recovery::unixNow() -
-                        (std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count() -
-                         server.firstApplyAfterResync());
-  sendStats(t, layout.chiefRank(), rs, cfg.peerTimeoutS);
-}
-
-// A spare: idle until a view gives it a shard (or the chief releases it at the end).
-void runSpare(const Config& cfg, transport::Transport& t, const ps::RoleLayout& layout,
-              const data::FashionMnist* fm, FtContext& ft) {
-  transport::Backoff idle;
-  for (;;) {
-    Header h;
-    int src = -1;
-    if (t.poll(MsgType::kDone, &h, &src)) return;
-    if (ft.changed()) {
-      const recovery::View v = ft.accept();
-      const int shard = v.shardOf(t.rank());
-      if (shard >= 0) {
-        log::warn("spare rank ", t.rank(), " takes over shard ", shard, " (epoch ", v.epoch, ")",
-                  cfg.downtimeS > 0 ? detail::concat(" after --downtime ", cfg.downtimeS, " s") : "");
-        if (cfg.downtimeS > 0)
-          std::this_thread::sleep_for(std::chrono::duration<double>(cfg.downtimeS));
-        data::FashionMnist loaded;
-        if (!fm) {
-          loaded = data::loadFashionMnist(cfg.dataDir);
-          fm = &loaded;
-        }
-        serveShard(cfg, t, layout, *fm, ft, shard, true, v.shardSince[shard]);
-        return;
-      }
-    }
-    idle.pause();
-  }
-}
 
 // ---------------------------------------------------------------- worker role
 class WorkerLoop {
@@ -621,17 +315,9 @@ TrainResult WorkerLoop::run() {
     rs.bytesIn = client_.bytesReceived();
     rs.bytesOut = client_.bytesSent();
     sendStats(t_, layout_.chiefRank(), rs, cfg_.peerTimeoutS);
-    if (ft_.det && isLeader()) {
-      // Stay until the chief has every shard's final weights: a server that dies now is
-      // replaced, and its replacement must hear this client's "done" again.
-      Header h;
-      int src = -1;
-      transport::Backoff idle;
-      while (!t_.poll(MsgType::kDone, &h, &src)) {
-        if (ft_.changed()) client_.refreshNow();
-        idle.pause();
-      }
-    }
+    // Stay until the chief has every shard's final weights: a server that dies now is
+    // replaced, and its replacement must hear this client's "done" again.
+    if (ft_.det && isLeader()) idleUntilReleased(t_, ft_, [this] { client_.refreshNow(); });
     return {};
   }
   lastTrainLoss = progress.takeEvalLoss();
@@ -769,16 +455,6 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
               o.updatesLost = std::max<int64_t>(0, m.lastVersion - static_cast<int64_t>(rc.restoredVersion));
           o.rolledBackSteps = o.updatesLost / perStep;
         }
-      if (o.recoveredMs < 0)
-      for (const RankStats& r : all)
-        if (r.isServer && r.tookOver && static_cast<int>(r.index) == f.shard &&
-            static_cast<int>(r.takeoverEpoch) == f.epoch) {
-          if (r.firstApplyUnix > 0) o.recoveredMs = std::round((r.firstApplyUnix - from) * 1000.0);
-          for (const auto& m : client_.moves())
-            if (m.shard == f.shard && m.epoch == f.epoch && r.restoredVersion >= 0)
-              o.updatesLost = std::max<int64_t>(0, m.lastVersion - static_cast<int64_t>(r.restoredVersion));
-          o.rolledBackSteps = o.updatesLost / perStep;
-        }
     }
     s.updatesLost += o.updatesLost;
     s.failures.push_back(o);
@@ -855,13 +531,7 @@ TrainResult runDistributed(const Config& cfg, transport::Transport& t,
   log::info("rank ", t.rank(), " pid ", getpid(), " role ", ps::roleName(role), ", recovery ", ft.mode);
   TrainResult res;
   if (role == ps::Role::kReplica) {
-    Header h;
-    int src = -1;
-    transport::Backoff idle;
-    while (!t.poll(MsgType::kDone, &h, &src)) {
-      if (ft.changed()) ft.accept();
-      idle.pause();
-    }
+    idleUntilReleased(t, ft, [&ft] { ft.accept(); });
   } else if (role == ps::Role::kSpare) {
     // Load the data now, while idle: a takeover must not wait for it.
     data::FashionMnist loaded;
@@ -869,7 +539,7 @@ TrainResult runDistributed(const Config& cfg, transport::Transport& t,
       loaded = data::loadFashionMnist(cfg.dataDir);
       data = &loaded;
     }
-    runSpare(cfg, t, layout, data, ft);
+    runSpare(cfg, t, layout, *data, ft);
   } else {
     data::FashionMnist loaded;
     if (!data) {

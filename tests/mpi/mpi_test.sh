@@ -6,14 +6,7 @@
 # Usage: mpi_test.sh PATH/TO/phoenix
 set -u
 PHX=${1:?usage: mpi_test.sh PATH/TO/phoenix}
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-pass=0 fail=0
-ok() { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
-
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export OMP_WAIT_POLICY=PASSIVE
+. "$(dirname "$0")/../lib/mpi_job_lib.sh"
 MPIRUN=(mpirun --oversubscribe --bind-to none)
 COMMON=(--model mlp --batch 32 --steps 40 --eval-every 20 --threads 1 --log-level warn)
 

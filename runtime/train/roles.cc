@@ -1,0 +1,73 @@
+#include "runtime/train/roles.h"
+
+#include <signal.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <cstdlib>
+
+#include "runtime/core/log.h"
+
+namespace phx::train {
+
+using transport::Header;
+using transport::MsgType;
+
+[[noreturn]] void killSelf(FtContext& ft, const std::string& what) {
+  log::warn("injected failure: ", what, " -- SIGKILL of rank ", ft.main->rank(), " (pid ", getpid(), ")");
+  if (ft.det) ft.det->announceDeath();
+  ::raise(SIGKILL);
+  for (;;) pause();
+}
+
+bool due(const Schedule& s, int64_t step, double startUnix) {
+  return s.isTime() ? recovery::unixNow() - startUnix >= s.seconds : step >= s.steps;
+}
+
+double cpuSeconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         1e-6 * static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+
+void sendStats(transport::Transport& t, int to, const RankStats& s, double timeoutS) {
+  Header h;
+  h.type = MsgType::kStats;
+  h.bytes = sizeof(RankStats);
+  t.waitSend(t.send(to, h, &s), timeoutS);
+}
+
+Plan plan(const Config& cfg, const data::Dataset& train, int workers) {
+  const data::EpochSharder sharder(train.count, workers, cfg.seed);
+  Plan p;
+  p.stepsPerEpoch = (static_cast<int64_t>(sharder.shardSize(0)) + cfg.batch - 1) / cfg.batch;
+  p.totalSteps = cfg.steps > 0 ? cfg.steps : p.stepsPerEpoch * cfg.epochs;
+  return p;
+}
+
+kernels::SgdParams sgdOf(const Config& cfg) {
+  return kernels::SgdParams{static_cast<float>(cfg.lr), static_cast<float>(cfg.effectiveMomentum()),
+                            static_cast<float>(cfg.weightDecay), cfg.nesterov};
+}
+
+int ranksOnNode(const transport::Transport& t) {
+  for (const char* v : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"})
+    if (const char* s = std::getenv(v)) {
+      const int n = std::atoi(s);
+      if (n > 0) return n;
+    }
+  return t.size();
+}
+
+void idleUntilReleased(transport::Transport& t, FtContext& ft, const std::function<void()>& onView) {
+  Header h;
+  int src = -1;
+  transport::Backoff idle;
+  while (!t.poll(MsgType::kDone, &h, &src)) {
+    if (ft.changed()) onView();
+    idle.pause();
+  }
+}
+
+}  // namespace phx::train

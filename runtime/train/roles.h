@@ -1,0 +1,102 @@
+// Internal to runtime/train: what the server, spare and worker roles of a parameter-server job
+// share (end-of-run counters, the failure context, the run plan, small helpers). Not a public
+// interface: dist_trainer.h is.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "kernels/backend.h"
+#include "recovery/detector.h"
+#include "runtime/core/config.h"
+#include "runtime/data/fashion_mnist.h"
+#include "runtime/ps/client.h"
+#include "runtime/ps/layout.h"
+#include "runtime/transport/transport.h"
+
+namespace phx::train {
+
+// Every rank's end-of-run counters, sent to the chief as raw doubles.
+struct RankStats {
+  double isServer = 0, index = 0, rank = 0;
+  double samples = 0, seconds = 0, cpuSeconds = 0, steps = 0;
+  double version = 0, gradients = 0, pulls = 0, rejected = 0;
+  double maxLead = 0, maxStaleness = 0, meanStaleness = 0, bytesIn = 0, bytesOut = 0;
+  // recovery (servers that took a shard over)
+  double tookOver = 0, takeoverEpoch = 0, restoredVersion = -1;
+  double restoreSeconds = 0, snapshotsWritten = 0, checkpointSeconds = 0, clientsLost = 0;
+  double resends = 0;
+};
+
+// This rank's view of failures: the detector (null when there is none), the view epoch the
+// training thread has acted on, and what the run does about failures.
+struct FtContext {
+  recovery::FailureDetector* det = nullptr;
+  transport::Transport* main = nullptr;
+  const ps::RoleLayout* layout = nullptr;
+  std::string mode = "none";
+  int acked = 0;
+  double startUnix = 0;
+
+  bool changed() const { return det && det->epoch() != acked; }
+  // Takes the newest view: dead ranks are cut off the training transport, the epoch is
+  // acknowledged. With --recovery none any failure ends the job here.
+  recovery::View accept() {
+    recovery::View v = det->view();
+    if (det->fenced())
+      throw transport::Excluded({main->rank()}, v.epoch,
+                                   "this rank was declared failed by the others (frozen longer than "
+                                   "--failure-timeout-ms?) and leaves the job");
+    for (int r = 0; r < static_cast<int>(v.alive.size()); ++r)
+      if (!v.alive[r]) main->markDead(r);
+    acked = v.epoch;
+    if (mode == "none" && !v.failures.empty()) {
+      const recovery::FailureRecord& f = v.failures.back();
+      throw transport::PeerFailure(
+          {f.rank}, v.epoch,
+          detail::concat("rank ", f.rank, " (", ps::roleName(static_cast<ps::Role>(f.role)),
+                         ") failed (no heartbeat for the failure timeout); --recovery none ends "
+                         "the job. To survive it: mpirun --enable-recovery ... --recovery checkpoint "
+                         "--spares 1"));
+    }
+    return v;
+  }
+  ps::Directory directory(const recovery::View& v) const {
+    return ps::Directory{v.epoch, v.shardRank, v.shardSince};
+  }
+  void installHook() {
+    if (!det) return;
+    main->setInterrupt([this](int peer) { det->checkInterrupt(peer, acked); });
+  }
+};
+
+
+// Injected kills: SIGKILL of this very process, announced to the coordinator first so that
+// detection time is measured from the kill.
+[[noreturn]] void killSelf(FtContext& ft, const std::string& what);
+// Whether an injection point (step N or time Ts since start) has come.
+bool due(const Schedule& s, int64_t step, double startUnix);
+double cpuSeconds();
+void sendStats(transport::Transport& t, int to, const RankStats& s, double timeoutS);
+// Idles (without spinning) until the chief's kDone releases this rank, calling onView whenever
+// the membership view changes meanwhile.
+void idleUntilReleased(transport::Transport& t, FtContext& ft, const std::function<void()>& onView);
+
+struct Plan {
+  int64_t stepsPerEpoch = 0, totalSteps = 0;
+};
+Plan plan(const Config& cfg, const data::Dataset& train, int workers);
+kernels::SgdParams sgdOf(const Config& cfg);
+int ranksOnNode(const transport::Transport& t);
+
+// The server roles (server_role.cc). serveShard serves `shard` until every client is done;
+// takeover: this rank replaces the shard's dead server. runSpare idles until a view gives the
+// spare a shard, or the chief releases it.
+void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout& layout,
+                const data::FashionMnist& fm, FtContext& ft, int shard, bool takeover,
+                int sinceEpoch);
+void runSpare(const Config& cfg, transport::Transport& t, const ps::RoleLayout& layout,
+              const data::FashionMnist& fm, FtContext& ft);
+
+}  // namespace phx::train
