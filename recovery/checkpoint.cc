@@ -208,6 +208,7 @@ void writeSnapshot(const std::string& dir, const ShardSnapshot& s, int keep) {
     putAttr(f, "hi", H5T_NATIVE_INT64, s.hi, tmp);
     putAttr(f, "version", H5T_NATIVE_INT64, s.version, tmp);
     putAttr(f, "round", H5T_NATIVE_INT64, s.round, tmp);
+    putAttr(f, "gradients", H5T_NATIVE_INT64, s.gradients, tmp);
     const double now = unixNow();
     putAttr(f, "written_unix", H5T_NATIVE_DOUBLE, now, tmp);
     const uint32_t crc = crcOf(s.weights);
@@ -270,6 +271,7 @@ ShardSnapshot readSnapshot(const std::string& file) {
   s.hi = getAttr<int64_t>(f, "hi", H5T_NATIVE_INT64, file);
   s.version = getAttr<int64_t>(f, "version", H5T_NATIVE_INT64, file);
   s.round = getAttr<int64_t>(f, "round", H5T_NATIVE_INT64, file);
+  if (H5Aexists(f, "gradients") > 0) s.gradients = getAttr<int64_t>(f, "gradients", H5T_NATIVE_INT64, file);
   s.writtenUnix = getAttr<double>(f, "written_unix", H5T_NATIVE_DOUBLE, file);
   if (s.hi < s.lo || s.lo < 0) PHX_USER_ERROR(file, ": bad key range [", s.lo, ", ", s.hi, ")");
   const size_t n = static_cast<size_t>(s.hi - s.lo);
@@ -310,6 +312,7 @@ std::string describeSnapshot(const std::string& file) {
     << "  keys       [" << s.lo << ", " << s.hi << ")  (" << (s.hi - s.lo) << " floats)\n"
     << "  version    " << s.version << " updates applied\n"
     << "  round      " << s.round << "\n"
+    << "  gradients  " << s.gradients << "\n"
     << "  model      " << s.model << "\n"
     << "  written    " << s.writtenUnix << " (unix seconds)\n"
     << "  |weights|  " << std::sqrt(sq) << "   crc32 " << crcOf(s.weights) << "\n"

@@ -26,6 +26,7 @@ struct ShardSnapshot {
   int64_t lo = 0, hi = 0;
   int64_t version = 0;  // updates applied
   int64_t round = 0;    // BSP rounds closed (the workers' clock)
+  int64_t gradients = 0;  // worker pushes in this state (lost-update accounting)
   std::vector<float> weights, momentum;
   std::string model, config;
   double writtenUnix = 0;

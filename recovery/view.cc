@@ -28,12 +28,31 @@ int View::shardOf(int rank) const {
   return -1;
 }
 
+int View::backupOf(int rank) const {
+  for (int s = 0; s < static_cast<int>(backups.size()); ++s)
+    for (int r : backups[s])
+      if (r == rank) return s;
+  return -1;
+}
+
+int View::successorOf(int shard, int rank) const {
+  if (shard < 0 || shard >= static_cast<int>(backups.size())) return -1;
+  const std::vector<int>& b = backups[shard];
+  if (rank == shardRank[shard]) return b.empty() ? -1 : b.front();
+  for (size_t i = 0; i + 1 < b.size(); ++i)
+    if (b[i] == rank) return b[i + 1];
+  return -1;
+}
+
 View initialView(const ps::RoleLayout& layout) {
   View v;
   v.alive.assign(layout.worldSize(), 1);
   for (int s = 0; s < layout.servers(); ++s) {
     v.shardRank.push_back(layout.serverRank(s));
     v.shardSince.push_back(0);
+    std::vector<int> chain;
+    for (int j = 0; j < layout.replicas(); ++j) chain.push_back(layout.replicaRank(s, j));
+    v.backups.push_back(chain);
   }
   const int firstSpare = layout.servers() * (1 + layout.replicas());
   for (int k = 0; k < layout.spares(); ++k) v.spares.push_back(firstSpare + k);
@@ -53,12 +72,24 @@ View nextView(const View& v, const ps::RoleLayout& layout, const std::vector<int
     f.rank = r;
     f.epoch = n.epoch;
     f.shard = v.shardOf(r);
-    f.role = static_cast<int>(f.shard >= 0 ? ps::Role::kServer : layout.roleOf(r));
+    f.backupOf = v.backupOf(r);
+    f.role = static_cast<int>(f.shard >= 0       ? ps::Role::kServer
+                              : f.backupOf >= 0  ? ps::Role::kReplica
+                                                 : layout.roleOf(r));
     f.killUnix = r < static_cast<int>(killUnix.size()) ? killUnix[r] : 0;
     f.lastHeardUnix = r < static_cast<int>(lastHeardUnix.size()) ? lastHeardUnix[r] : 0;
     f.detectedUnix = nowUnix;
+    if (f.backupOf >= 0) std::erase(n.backups[f.backupOf], r);
     if (f.shard >= 0) {
-      if (!n.spares.empty()) {
+      // Chain replication: the first live backup is promoted (it holds every acknowledged
+      // update); only a shard without one goes to a spare.
+      std::vector<int>& b = n.backups[f.shard];
+      std::erase_if(b, [&](int x) { return !n.alive[x]; });
+      if (!b.empty()) {
+        n.shardRank[f.shard] = b.front();
+        b.erase(b.begin());
+        f.promoted = 1;
+      } else if (!n.spares.empty()) {
         n.shardRank[f.shard] = n.spares.front();
         n.spares.erase(n.spares.begin());
       } else {
@@ -70,11 +101,26 @@ View nextView(const View& v, const ps::RoleLayout& layout, const std::vector<int
     n.failures.push_back(f);
   }
   // A shard whose replacement died as well (a failure during a rebuild) moves on again.
-  for (int s = 0; s < static_cast<int>(n.shardRank.size()); ++s)
+  for (int s = 0; s < static_cast<int>(n.shardRank.size()); ++s) {
+    std::erase_if(n.backups[s], [&](int x) { return !n.alive[x]; });
     if (n.shardRank[s] >= 0 && !n.alive[n.shardRank[s]]) {
-      n.shardRank[s] = n.spares.empty() ? -1 : n.spares.front();
-      if (!n.spares.empty()) n.spares.erase(n.spares.begin());
+      if (!n.backups[s].empty()) {
+        n.shardRank[s] = n.backups[s].front();
+        n.backups[s].erase(n.backups[s].begin());
+      } else {
+        n.shardRank[s] = n.spares.empty() ? -1 : n.spares.front();
+        if (!n.spares.empty()) n.spares.erase(n.spares.begin());
+      }
       n.shardSince[s] = n.epoch;
+    }
+  }
+  // A chain shorter than 1 + replicas gets a free spare at its tail (it receives the whole
+  // state from its predecessor before it acknowledges anything).
+  for (int s = 0; s < static_cast<int>(n.shardRank.size()); ++s)
+    while (n.shardRank[s] >= 0 && static_cast<int>(n.backups[s].size()) < layout.replicas() &&
+           !n.spares.empty()) {
+      n.backups[s].push_back(n.spares.front());
+      n.spares.erase(n.spares.begin());
     }
   return n;
 }
@@ -125,6 +171,8 @@ std::vector<unsigned char> View::serialize() const {
   w.putVec(alive);
   w.putVec(shardRank);
   w.putVec(shardSince);
+  w.put(static_cast<int32_t>(backups.size()));
+  for (const auto& b : backups) w.putVec(b);
   w.putVec(spares);
   w.putVec(failures);
   return w.out;
@@ -139,6 +187,9 @@ View View::parse(const unsigned char* data, size_t bytes) {
   v.alive = r.getVec<char>();
   v.shardRank = r.getVec<int>();
   v.shardSince = r.getVec<int>();
+  const int32_t nb = r.get<int32_t>();
+  PHX_ENFORCE(nb >= 0 && nb == static_cast<int32_t>(v.shardRank.size()), "malformed view message");
+  for (int32_t i = 0; i < nb; ++i) v.backups.push_back(r.getVec<int>());
   v.spares = r.getVec<int>();
   v.failures = r.getVec<FailureRecord>();
   PHX_ENFORCE(r.left == 0 && v.shardRank.size() == v.shardSince.size(), "malformed view message");

@@ -19,6 +19,8 @@ struct FailureRecord {
   int role = 0;            // ps::Role at the time of death
   int shard = -1;          // shard it served (servers), -1 otherwise
   int replacedBy = -1;     // rank that took the role over (-1: none)
+  int backupOf = -1;       // shard whose replica chain it was a backup in (-1: none)
+  int promoted = 0;        // 1: replacedBy was a replica promoted to head (chain replication)
   double killUnix = 0;     // wall time of the kill when the rank announced it (injected), else 0
   double lastHeardUnix = 0;  // last heartbeat the coordinator had from it
   double detectedUnix = 0;   // when the coordinator declared it dead
@@ -30,6 +32,9 @@ struct View {
   std::vector<char> alive;       // per rank of the job
   std::vector<int> shardRank;    // shard -> rank serving it now (-1: no one: the shard is lost)
   std::vector<int> shardSince;   // shard -> epoch at which that rank took it over
+  // shard -> its backups in chain order (chain replication: head = shardRank, then these; the
+  // last is the tail). Empty without --replicas.
+  std::vector<std::vector<int>> backups;
   std::vector<int> spares;       // spare ranks not yet given a role, in takeover order
   std::vector<FailureRecord> failures;  // every failure so far, oldest first
 
@@ -38,6 +43,10 @@ struct View {
   int aliveCount() const;
   // The shard this rank serves in this view (-1: none).
   int shardOf(int rank) const;
+  // The shard whose chain this rank is a backup in (-1: none).
+  int backupOf(int rank) const;
+  // The next rank down shard s's chain after `rank` (-1: rank is the tail or not in it).
+  int successorOf(int shard, int rank) const;
 
   std::vector<unsigned char> serialize() const;
   static View parse(const unsigned char* data, size_t bytes);  // throws on malformed input
@@ -46,8 +55,10 @@ struct View {
 // The first view of a job: everyone alive, shard i on rank i, spares in rank order.
 View initialView(const ps::RoleLayout& layout);
 
-// The view after `dead` failed (deterministic): they leave, every shard they served goes to the
-// first free live spare (or to no one), dead spares leave the spare list.
+// The view after `dead` failed (deterministic): they leave; a shard whose head died goes to its
+// first backup (promotion) or else to the first free live spare (or to no one); a chain that
+// lost a member gets a free spare at its tail (back to 1 + replicas long); dead spares leave
+// the spare list.
 View nextView(const View& v, const ps::RoleLayout& layout, const std::vector<int>& dead,
               int issuer, double nowUnix, const std::vector<double>& lastHeardUnix,
               const std::vector<double>& killUnix);

@@ -123,9 +123,25 @@ void addTrainFlags(CLI::App& app, phx::Config& c) {
                  "Seconds a rank waits on one peer before declaring it unresponsive")
       ->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--recovery", c.recovery,
-                 "What a server death does: auto (checkpoint when launched with mpirun "
-                 "--enable-recovery, else none), none (the job ends), checkpoint")
-      ->check(CLI::IsMember({"auto", "none", "checkpoint"}))->capture_default_str();
+                 "What a server death does: auto (when launched with mpirun --enable-recovery: "
+                 "chain with --replicas, else checkpoint; otherwise none), none (the job ends), "
+                 "checkpoint, chain, stateless, hybrid (chain + stateless workers)")
+      ->check(CLI::IsMember({"auto", "none", "checkpoint", "chain", "stateless", "hybrid"}))
+      ->capture_default_str();
+  app.add_option("--chain-mode", c.chainMode,
+                 "chain/hybrid: sync (a push is acknowledged once the tail applied it) or async "
+                 "(the state goes down the chain every --replicate-every steps)")
+      ->check(CLI::IsMember({"sync", "async"}))->capture_default_str();
+  app.add_option("--replicate-every", c.replicateEvery, "chain async: worker steps between state forwards")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40))->capture_default_str();
+  app.add_option("--stateless-buffer", c.statelessBuffer,
+                 "stateless/hybrid: updates a worker buffers per shard while it is down (more are "
+                 "dropped and reported)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 40))->capture_default_str();
+  app.add_option("--backlog-rule", c.backlogRule,
+                 "stateless/hybrid: how the buffered updates are applied: sum (one step; lr/10 past 50, "
+                 "the paper's rule), mean, staleness (the i-th buffered update weighted 1/(1+i))")
+      ->check(CLI::IsMember({"sum", "mean", "staleness"}))->capture_default_str();
   app.add_option("--checkpoint-dir", c.checkpointDir, "Directory of the HDF5 snapshots")
       ->capture_default_str();
   app.add_option("--checkpoint-every", c.checkpointEvery,

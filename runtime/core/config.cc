@@ -36,7 +36,8 @@ double learningRate(const Config& c, int64_t step, int64_t totalSteps) {
 
 std::string Config::effectiveRecovery() const {
   if (recovery != "auto") return recovery;
-  return launchSurvives ? "checkpoint" : "none";
+  if (!launchSurvives) return "none";
+  return replicas > 0 ? "chain" : "checkpoint";
 }
 
 namespace {
@@ -91,8 +92,23 @@ void Config::validate() const {
   if (aggregate != "sum" && aggregate != "mean")
     PHX_USER_ERROR("--aggregate '", aggregate, "' is not known (accepted: sum, mean)");
   if (!(peerTimeoutS > 0.0)) PHX_USER_ERROR("--peer-timeout must be > 0 seconds");
-  if (recovery != "auto" && recovery != "none" && recovery != "checkpoint")
-    PHX_USER_ERROR("--recovery '", recovery, "' is not known (accepted: auto, none, checkpoint)");
+  if (recovery != "auto" && recovery != "none" && recovery != "checkpoint" && recovery != "chain" &&
+      recovery != "stateless" && recovery != "hybrid")
+    PHX_USER_ERROR("--recovery '", recovery,
+                   "' is not known (accepted: auto, none, checkpoint, chain, stateless, hybrid)");
+  const bool chained = recovery == "chain" || recovery == "hybrid";
+  if (chained && replicas < 1)
+    PHX_USER_ERROR("--recovery ", recovery, " needs a replica chain: add --replicas 1 (or more; "
+                   "each shard then takes 1 + R ranks)");
+  if (replicas > 0 && !chained && recovery != "auto")
+    PHX_USER_ERROR("--replicas ", replicas, " is only used by --recovery chain or hybrid (now ",
+                   recovery, "): drop --replicas or choose chain");
+  if (chainMode != "sync" && chainMode != "async")
+    PHX_USER_ERROR("--chain-mode '", chainMode, "' is not known (accepted: sync, async)");
+  if (replicateEvery < 1) PHX_USER_ERROR("--replicate-every must be at least 1 step");
+  if (statelessBuffer < 0) PHX_USER_ERROR("--stateless-buffer must be >= 0");
+  if (backlogRule != "sum" && backlogRule != "mean" && backlogRule != "staleness")
+    PHX_USER_ERROR("--backlog-rule '", backlogRule, "' is not known (accepted: sum, mean, staleness)");
   if (checkpointMode != "sync" && checkpointMode != "async")
     PHX_USER_ERROR("--checkpoint-mode '", checkpointMode, "' is not known (accepted: sync, async)");
   parseSchedule("--checkpoint-every", checkpointEvery);

@@ -47,13 +47,18 @@ struct Config {
   std::string aggregate = "sum";  // how a BSP round combines gradients: sum (the papers) | mean
   double peerTimeoutS = 120;      // longest wait on one peer before it is declared unresponsive
   // recovery (recovery/, docs/recovery.md)
-  std::string recovery = "auto";  // auto | none | checkpoint (auto: checkpoint when the launch
-                                  // lets survivors live, else none)
+  // auto | none | checkpoint | chain | stateless | hybrid (auto: when the launch lets
+  // survivors live, chain with --replicas, else checkpoint; none otherwise)
+  std::string recovery = "auto";
   std::string checkpointDir = "phoenix-run/checkpoints";
   std::string checkpointEvery = "100";  // worker steps, or "Ns" seconds; 0 = never
   std::string checkpointMode = "async"; // sync | async
   int checkpointKeep = 3;
   std::string resumeDir;                // start from the newest valid snapshots in this dir
+  std::string chainMode = "sync";       // chain/hybrid: sync (ack at the tail) | async
+  int64_t replicateEvery = 100;         // chain async: worker steps between state forwards
+  int64_t statelessBuffer = 1000;       // stateless/hybrid: updates a worker may buffer per shard
+  std::string backlogRule = "sum";      // stateless/hybrid: sum | mean | staleness
   int heartbeatMs = 100;
   int failureTimeoutMs = 500;
   std::string killServer;   // "AT[,AT...]": shard 0's server SIGKILLs itself at step or time AT

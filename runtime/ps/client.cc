@@ -38,6 +38,31 @@ void PsClient::retarget(const Directory& d) {
     log::info("client ", client_, ": shard ", s, " now served by rank ", d.rank[s], " (epoch ",
               d.epoch, ")");
     moves_.push_back(Move{s, d.epoch, versions_[s]});
+    if (stateless_ && !doneSent_) {
+      // Down until the new server's hello: keep the last pulled copy, buffer from now on (the
+      // outstanding push too: the dead server may not have applied it).
+      const int64_t n = ranges_[s].size();
+      if (!down_[s]) {
+        down_[s] = 1;
+        count_[s] = 0;
+        pendingLabel_[s] = -1;
+        copyVersion_[s] = versions_[s];
+        backlog_[s].assign(3 * n, 0.0f);
+        std::copy(params_ + ranges_[s].lo, params_ + ranges_[s].hi, backlog_[s].begin());
+      }
+      if (out_.active && !out_.got[s]) {
+        if (out_.isPush && pendingLabel_[s] < 0 && count_[s] == 0) {
+          pendingLabel_[s] = out_.clock;
+          std::copy(out_.grads + ranges_[s].lo, out_.grads + ranges_[s].hi, backlog_[s].begin() + 2 * n);
+        } else if (out_.isPush) {
+          bufferGrad(s, out_.grads);
+        }
+        out_.got[s] = 1;
+      }
+      log::warn("client ", client_, ": shard ", s, " is down; training goes on locally (",
+                count_[s], " update(s) buffered)");
+      continue;
+    }
     if (doneSent_) {  // finished: the new server must not wait for this client
       pending_.push_back(t_.send(dir_.rank[s], header(MsgType::kDone, s, 0), nullptr));
       continue;
@@ -86,22 +111,115 @@ int64_t PsClient::minServerStep() const {
 
 void PsClient::pull(int64_t clock, float* params) {
   out_ = Outstanding{true, false, false, clock, nullptr, 0, std::vector<char>(ranges_.size(), 0)};
-  for (int s = 0; s < static_cast<int>(ranges_.size()); ++s) sendPull(s);
+  for (int s = 0; s < static_cast<int>(ranges_.size()); ++s) {
+    if (isDown(s))
+      out_.got[s] = 1;
+    else
+      sendPull(s);
+  }
   awaitWeights(clock, params);
 }
 
 void PsClient::push(int64_t clock, const float* grads, bool pullAfter, double loss) {
+  if (stateless_) pollHello();
   out_ = Outstanding{pullAfter, true, pullAfter, clock, grads, loss,
                      std::vector<char>(ranges_.size(), 0)};
-  for (int s = 0; s < static_cast<int>(ranges_.size()); ++s) sendPush(s);
+  for (int s = 0; s < static_cast<int>(ranges_.size()); ++s) {
+    if (isDown(s)) {
+      bufferGrad(s, grads);
+      out_.got[s] = 1;
+    } else {
+      sendPush(s);
+    }
+  }
+}
+
+void PsClient::setStateless(float* params, int64_t limit, bool stalenessWeights) {
+  stateless_ = true;
+  params_ = params;
+  limit_ = limit;
+  weighted_ = stalenessWeights;
+  down_.assign(ranges_.size(), 0);
+  count_.assign(ranges_.size(), 0);
+  copyVersion_.assign(ranges_.size(), 0);
+  pendingLabel_.assign(ranges_.size(), -1);
+  backlog_.assign(ranges_.size(), {});
+  lastSent_.assign(ranges_.size(), 0);
+}
+
+bool PsClient::anyDown() const {
+  return std::find(down_.begin(), down_.end(), 1) != down_.end();
+}
+
+void PsClient::bufferGrad(int s, const float* grads) {
+  if (count_[s] >= limit_) {
+    ++overflow_;
+    if (overflow_ == 1 || overflow_ % 100 == 0)
+      log::warn("client ", client_, ": the buffer of shard ", s, " is full (--stateless-buffer ",
+                limit_, "); ", overflow_, " update(s) dropped so far");
+    return;
+  }
+  const int64_t n = ranges_[s].size();
+  const float wgt = weighted_ ? 1.0f / static_cast<float>(1 + count_[s]) : 1.0f;
+  float* sum = backlog_[s].data() + n;
+  const float* g = grads + ranges_[s].lo;
+  for (int64_t k = 0; k < n; ++k) sum[k] += wgt * g[k];
+  ++count_[s];
+}
+
+void PsClient::localStep(float* params, float lr) {
+  if (!stateless_ || !out_.grads) return;
+  for (int s = 0; s < static_cast<int>(ranges_.size()); ++s) {
+    if (!down_[s]) continue;
+    const float* g = out_.grads + ranges_[s].lo;
+    float* w = params + ranges_[s].lo;
+    const int64_t n = ranges_[s].size();
+    for (int64_t k = 0; k < n; ++k) w[k] -= lr * g[k];
+  }
+}
+
+void PsClient::pollHello() {
+  Header h;
+  int src = -1;
+  while (t_.poll(MsgType::kHello, &h, &src)) answerHello(h, src, false);
+}
+
+// Sends shard h.shard's backlog to its new server (when the hello is from it). last: the client
+// is done, the backlog says so.
+bool PsClient::answerHello(const Header& h, int src, bool last) {
+  const int s = h.shard;
+  if (s < 0 || s >= static_cast<int>(ranges_.size()) || src != dir_.rank[s] || !down_[s])
+    return false;  // from a server that has died or moved on since
+  Header b = header(MsgType::kBacklog, s, pendingLabel_[s]);
+  b.version = copyVersion_[s];
+  b.value = static_cast<double>(count_[s]);
+  b.flags = last ? transport::kLast : 0;
+  b.bytes = static_cast<int64_t>(backlog_[s].size() * sizeof(float));
+  try {
+    t_.waitSend(t_.send(src, b, backlog_[s].data()), timeoutS_);
+  } catch (const transport::ViewChanged&) {
+    refreshNow();  // the new server died too: keep the backlog for the next one
+    return false;
+  }
+  const int64_t handed = count_[s] + (pendingLabel_[s] >= 0 ? 1 : 0);
+  log::warn("client ", client_, ": shard ", s, " is back on rank ", src, "; sent ", handed,
+            " buffered update(s)", last ? " (and done)" : "");
+  buffered_ += handed;
+  if (s == 0) acked0_ += handed;
+  down_[s] = 0;
+  count_[s] = 0;
+  pendingLabel_[s] = -1;
+  backlog_[s].clear();
+  lastSent_[s] = last ? 1 : 0;
+  return true;
 }
 
 void PsClient::awaitWeights(int64_t clock, float* params) {
   // A pull after a push answers clock + 1 of the push; the outstanding record says which
   // shards still owe their reply (re-sent to a new rank when a shard moves).
   std::vector<char>& got = out_.got;
-  size_t missing = ranges_.size() - static_cast<size_t>(std::count(got.begin(), got.end(), 1));
-  while (missing > 0) {
+  // (recounted each time: a shard that goes down meanwhile owes nothing any more)
+  while (std::count(got.begin(), got.end(), 1) < static_cast<std::ptrdiff_t>(ranges_.size())) {
     Header h;
     int src = -1;
     try {
@@ -133,7 +251,7 @@ void PsClient::awaitWeights(int64_t clock, float* params) {
     versions_[s] = h.version;
     steps_[s] = static_cast<int64_t>(h.value);
     got[s] = 1;
-    --missing;
+    if (s == 0 && out_.isPush) ++acked0_;
   }
   out_.active = false;
 }
@@ -153,9 +271,23 @@ void PsClient::waitPushes() {
 void PsClient::done() {
   waitPushes();
   out_.active = false;
+  // Stateless: a shard still down gets this client's backlog first (every buffered update is
+  // applied), with the "done" riding on it.
+  while (stateless_ && anyDown()) {
+    Header h;
+    int src = -1;
+    try {
+      t_.waitHeader(MsgType::kHello, &h, &src, timeoutS_,
+                    "the replacement server's hello (to hand over the buffered updates)");
+    } catch (const transport::ViewChanged&) {
+      refreshNow();
+      continue;
+    }
+    answerHello(h, src, true);
+  }
   doneSent_ = true;
   for (int s = 0; s < static_cast<int>(ranges_.size()); ++s)
-    if (dir_.rank[s] >= 0)
+    if (dir_.rank[s] >= 0 && (lastSent_.empty() || !lastSent_[s]))
       pending_.push_back(t_.send(dir_.rank[s], header(MsgType::kDone, s, 0), nullptr));
   waitPushes();
 }

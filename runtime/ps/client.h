@@ -53,6 +53,21 @@ class PsClient {
   };
   const std::vector<Move>& moves() const { return moves_; }
 
+  // Stateless workers (--recovery stateless|hybrid): a shard that moves is "down" until its new
+  // server says hello; meanwhile the caller trains on its local weights (localStep) and this
+  // client buffers the gradients (at most `limit` per shard, weighted 1/(1+i) with
+  // stalenessWeights; more are counted as overflow). params: the weights buffer the caller
+  // pulls into (its slice of a shard is kept as the "last pulled copy" when the shard goes down).
+  void setStateless(float* params, int64_t limit, bool stalenessWeights);
+  bool isDown(int shard) const { return !down_.empty() && down_[shard]; }
+  bool anyDown() const;
+  // One plain SGD step of the down shards' slices with the last pushed gradient.
+  void localStep(float* params, float lr);
+  int64_t buffered() const { return buffered_; }
+  int64_t overflow() const { return overflow_; }
+  // Pushes to shard 0 acknowledged by a reply, plus buffered updates delivered in a backlog.
+  int64_t acknowledged() const { return acked0_; }
+
   int64_t version(int shard) const { return versions_[shard]; }
   int64_t minVersion() const;
   // Smallest server position (in worker steps) over the shards' last replies.
@@ -65,6 +80,9 @@ class PsClient {
   void sendPush(int shard);
   void sendPull(int shard);
   void retarget(const Directory& d);
+  void pollHello();
+  bool answerHello(const transport::Header& h, int src, bool last);
+  void bufferGrad(int shard, const float* grads);
 
   transport::Transport& t_;
   const RoleLayout& layout_;
@@ -86,6 +104,16 @@ class PsClient {
   int64_t resends_ = 0;
   bool doneSent_ = false;
   std::vector<Move> moves_;
+  // stateless
+  bool stateless_ = false, weighted_ = false;
+  float* params_ = nullptr;
+  int64_t limit_ = 0, buffered_ = 0, overflow_ = 0, acked0_ = 0;
+  std::vector<char> down_;
+  std::vector<int64_t> count_, copyVersion_, pendingLabel_;
+  // per shard: [last pulled copy | buffered sum | the push in flight when the shard went down
+  // (the dead server may have applied it: the replacement decides from its clocks)]
+  std::vector<std::vector<float>> backlog_;
+  std::vector<char> lastSent_;  // the backlog told the server this client is done
   double bytesSent_ = 0, bytesReceived_ = 0;
 };
 

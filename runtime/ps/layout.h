@@ -37,6 +37,8 @@ class RoleLayout {
 
   Role roleOf(int rank) const;
   int serverRank(int shard) const { return shard; }
+  // Replica j (0-based, chain order) of a shard: ranks S .. S(1+R)-1, shard by shard.
+  int replicaRank(int shard, int j) const { return servers_ + shard * replicas_ + j; }
   int firstWorkerRank() const { return servers_ * (1 + replicas_) + spares_; }
   int workerRank(int worker) const { return firstWorkerRank() + worker; }
   int workerIndex(int rank) const { return rank - firstWorkerRank(); }  // -1.. for non-workers

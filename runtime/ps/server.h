@@ -11,6 +11,16 @@
 //   pull(client c, clock k)               -> pull-reply(clock k, version v, weights[lo,hi))
 //   done(client c)                           c pushes no more; rounds and SSP bounds stop
 //                                            waiting for it
+//
+// Chain replication (docs/recovery.md): the shard's head forwards each applied update (sync) or
+// its whole state every few updates (async) to the next rank of the chain, which applies it
+// bit-identically and forwards it on; in sync mode the tail acknowledges to the head, and a
+// push is acknowledged to its worker (the pull reply) only once the tail has applied it. A
+// replica is a Server that is not the head: it takes only replicate messages until promoted.
+//
+// Stateless servers: a replacement first collects, from every client, the weights it last
+// pulled and the updates it buffered while the shard was down (rejoin), rebuilds from the
+// freshest copy, applies the backlog with the chosen rule, then serves as usual.
 #pragma once
 
 #include <cstdint>
@@ -37,7 +47,18 @@ struct ServerOptions {
   // checkpoints) and after every applied update (update-based checkpoints).
   std::function<void()> tick;
   std::function<void()> afterApply;
+  // Called when a wait was interrupted by a membership change: it must install the view (so
+  // that sends to dead ranks are abandoned) without touching the server; the tick acts on it.
+  std::function<void()> onViewChanged;
+  // Chain replication: none, sync (forward every update, acknowledge at the tail), async (the
+  // whole state every replicateEvery updates).
+  enum class Chain { kNone, kSync, kAsync } chain = Chain::kNone;
+  int64_t replicateEvery = 100;
 };
+
+// How a stateless replacement applies the clients' buffered updates (--backlog-rule).
+enum class BacklogRule { kSum, kMean, kStaleness };
+BacklogRule parseBacklogRule(const std::string& s);
 
 struct ServerStats {
   int64_t version = 0;        // updates applied
@@ -49,6 +70,9 @@ struct ServerStats {
   double stalenessSum = 0;
   double bytesIn = 0, bytesOut = 0;
   int64_t clientsLost = 0;    // clients dropped because their rank died
+  int64_t duplicates = 0;     // re-sent pushes already applied (after a chain promotion)
+  int64_t replicated = 0;     // chain: updates or states received from the predecessor
+  int64_t bufferedApplied = 0;  // stateless: buffered updates applied in backlog steps
 };
 
 class Server {
@@ -63,6 +87,9 @@ class Server {
   // One pass over the waiting messages; returns whether anything happened (tests drive this).
   bool step();
   bool allDone() const { return doneCount_ == opt_.clients; }
+  // run() returns: every client done (the head), or released by the chief.
+  bool finished() const { return released_ || (head_ && allDone()); }
+  const std::vector<int64_t>& appliedPerClient() const { return applied_; }
 
   const ServerStats& stats() const { return stats_; }
   const std::vector<float>& weights() const { return w_; }
@@ -76,18 +103,46 @@ class Server {
   // fixes the offset between that client's clock labels and this server's logical clocks
   // (every client restarts at the same logical clock, so BSP rounds and SSP bounds hold from
   // there on). dropClient(): the client's rank died; it leaves BSP membership and SSP bounds.
-  void restore(int64_t version, int64_t round, std::vector<float> w, std::vector<float> v);
+  void restore(int64_t version, int64_t round, std::vector<float> w, std::vector<float> v,
+               int64_t gradients = 0);
+  // The version a stateless rejoin rebuilt from (the restored one or a worker's copy), -1 before.
+  int64_t rejoinBase() const { return rejoinBase_; }
   void beginResync();
   void dropClient(int client);
   bool clientActive(int client) const { return !done_[client]; }
-  // Time of the first update applied since beginResync (steady seconds; 0: none yet).
+  // Time of the first update applied since beginResync or markRecovery (steady seconds; 0:
+  // none yet).
   double firstApplyAfterResync() const { return firstApply_; }
+  void markRecovery() {
+    resync_ = true;
+    firstApply_ = 0;
+  }
+
+  // Chain replication. setChain: this rank's place in the chain (the head's rank, the next
+  // rank or -1 at the tail); a new successor is sent the whole state first. A replica starts
+  // without state (hasState false) until its predecessor sends it. promote: this replica
+  // becomes the head at `epoch`; resync: its state may be older than the clients' (async).
+  void setChain(int headRank, int successor);
+  void setHead(bool head) { head_ = head; }
+  void promote(int epoch, bool resync);
+  bool isHead() const { return head_; }
+  bool hasState() const { return hasState_; }
+  void setHasState(bool s) { hasState_ = s; }
+  int64_t chainAcked() const { return chainAcked_; }
+  // Ends run() without a final report (the chief released this rank).
+  bool released() const { return released_; }
+
+  // Stateless rejoin: ask every active client for its copy and backlog; serving resumes once
+  // all answered (or died). adoptCopies: a client's copy newer than this state replaces it.
+  void beginRejoin(BacklogRule rule, bool adoptCopies);
+  bool rejoining() const { return rejoin_; }
 
  private:
   struct PendingPull {
     int client, src;
     int64_t clock;    // logical clock (this server's numbering)
     int64_t label;    // the clock as the client numbers it (echoed in the reply)
+    int64_t need;     // chain sync: version the tail must have acknowledged first
   };
   bool validate(const transport::Header& h, int src, transport::MsgType expect,
                 bool withPayload);
@@ -95,11 +150,26 @@ class Server {
   void handlePull(const transport::Header& h, int src);
   void handleDone(const transport::Header& h, int src);
   void apply(const float* grad, int64_t baseVersion);
+  void applyWith(const float* grad, int64_t baseVersion, const kernels::SgdParams& p,
+                 bool plainStep);
+  void awaitSend(transport::SendId id);
   void closeRound();
   void serveDeferred();
   bool tryServe(const PendingPull& p);
   void waitReplies();  // before the weights change: pull replies still read them
   int64_t minActiveClock() const;
+  // Chain replication helpers.
+  size_t metaCount() const { return 4 + 5 * static_cast<size_t>(opt_.clients); }
+  void packMeta(int64_t* m) const;
+  void unpackMeta(const int64_t* m);
+  void forward(const float* grad, const kernels::SgdParams& p, bool full);
+  void forwardRaw(const transport::Header& h);
+  void handleReplicate(const transport::Header& h, int src);
+  void sendAck();
+  void reapAcks();
+  // Stateless rejoin.
+  void handleBacklog(const transport::Header& h, int src);
+  void finishRejoinIfReady();
   void reject(const transport::Header& h, int src, const std::string& why);
 
   transport::Transport& t_;
@@ -122,6 +192,20 @@ class Server {
   std::vector<PendingPull> deferred_;
   std::vector<transport::SendId> inflight_;
   ServerStats stats_;
+  std::vector<int64_t> applied_;  // pushes applied per client (replicated; lost-update counts)
+  // chain replication
+  bool head_ = true, hasState_ = true, released_ = false;
+  int headRank_ = -1, successor_ = -1;
+  int64_t chainAcked_ = 0;
+  std::vector<char> fwd_, rbuf_;
+  transport::SendId fwdId_ = -1;
+  std::vector<transport::SendId> acks_;
+  // stateless rejoin
+  bool rejoin_ = false, adoptCopies_ = false;
+  BacklogRule rule_ = BacklogRule::kSum;
+  std::vector<char> answered_;
+  std::vector<float> rejoinSum_, best_, bbuf_;
+  int64_t rejoinCount_ = 0, bestVersion_ = -1, rejoinBase_ = -1;
 };
 
 }  // namespace phx::ps

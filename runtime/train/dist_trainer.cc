@@ -48,6 +48,8 @@ class WorkerLoop {
     if (isLeader() && layout_.groupEnd(group_) - leader_ > 1) recv_.resize(n_);
     if (ft_.det)
       client_.setRefresh([this] { return onViewChange(); });
+    if (ft_.det && isLeader() && (ft_.mode == "stateless" || ft_.mode == "hybrid"))
+      client_.setStateless(paramBuf(), cfg.statelessBuffer, cfg.backlogRule == "staleness");
   }
 
   TrainResult run();
@@ -71,11 +73,12 @@ class WorkerLoop {
   size_t failuresSeen_ = 0;
   struct Recovered {
     int shard, epoch;
-    double firstApplyUnix, restoredVersion;
+    double firstApplyUnix, restoredVersion, bufferedApplied;
   };
   std::vector<Recovered> recovered_;
   void pollEvents();
   int64_t startStep_ = 0;
+  int64_t totalSteps_ = 0;
   std::vector<std::string> events_;
 
   const Config& cfg_;
@@ -124,15 +127,19 @@ void WorkerLoop::pollEvents() {
   Header h;
   int src = -1;
   while (t_.poll(MsgType::kEvent, &h, &src)) {
-    double ev[4] = {0, 0, 0, 0};
+    double ev[5] = {0, 0, 0, 0, 0};
     if (h.bytes != sizeof ev) {
       t_.discardPayload(src, MsgType::kEvent, static_cast<size_t>(h.bytes), cfg_.peerTimeoutS);
       continue;
     }
     t_.recvPayload(src, MsgType::kEvent, ev, sizeof ev, cfg_.peerTimeoutS);
-    recovered_.push_back({static_cast<int>(ev[0]), static_cast<int>(ev[1]), ev[2], ev[3]});
-    log::warn("RECOVERED shard ", static_cast<int>(ev[0]), " on rank ", src, ": restored version ",
-              static_cast<int64_t>(ev[3]), ", updates applied again");
+    recovered_.push_back({static_cast<int>(ev[0]), static_cast<int>(ev[1]), ev[2], ev[3], ev[4]});
+    log::warn("RECOVERED shard ", static_cast<int>(ev[0]), " on rank ", src, ": ",
+              ft_.mode == "chain" || ft_.mode == "hybrid" ? "state at version " : "restored version ",
+              static_cast<int64_t>(ev[3]),
+              ev[4] > 0 ? detail::concat(", ", static_cast<int64_t>(ev[4]), " buffered update(s) applied")
+                        : std::string(),
+              ", updates applied again");
     events_.push_back(detail::concat("recovered:shard", static_cast<int>(ev[0])));
   }
 }
@@ -223,6 +230,9 @@ void WorkerLoop::exchange(int64_t clock, double loss) {
     client_.push(clock, gradBuf(), true, loss / members);
     client_.awaitWeights(clock + 1, paramBuf());
     client_.waitPushes();
+    // Stateless: the slices of shards that are down train on locally.
+    if (client_.anyDown())
+      client_.localStep(paramBuf(), static_cast<float>(learningRate(cfg_, clock, totalSteps_)));
     shareWeights(clock + 1);
   } else {
     Header g;
@@ -245,6 +255,7 @@ TrainResult WorkerLoop::run() {
   const data::Dataset& train = fm_.train;
   const data::EpochSharder sharder(train.count, layout_.workers(), cfg_.seed);
   const Plan p = plan(cfg_, train, layout_.workers());
+  totalSteps_ = p.totalSteps;
   const size_t shardSize = sharder.shardSize(w_);
   if (chief_)
     log::info("training ", cfg_.model, " (", n_, " parameters) on ", layout_.workers(),
@@ -314,6 +325,11 @@ TrainResult WorkerLoop::run() {
     rs.steps = static_cast<double>(p.totalSteps);
     rs.bytesIn = client_.bytesReceived();
     rs.bytesOut = client_.bytesSent();
+    if (isLeader()) {
+      rs.pushesAcked = static_cast<double>(client_.acknowledged());
+      rs.buffered = static_cast<double>(client_.buffered());
+      rs.overflow = static_cast<double>(client_.overflow());
+    }
     sendStats(t_, layout_.chiefRank(), rs, cfg_.peerTimeoutS);
     // Stay until the chief has every shard's final weights: a server that dies now is
     // replaced, and its replacement must hear this client's "done" again.
@@ -332,7 +348,7 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
   // The final weights: every shard sends its slice once all clients are done, so the final
   // evaluation sees every update, also those of workers that finished after the chief.
   const auto ranges = ps::splitKeys(static_cast<int64_t>(n_), layout_.servers());
-  int64_t updates = -1;
+  int64_t updates = -1, gradientsApplied = -1;
   for (int i = 0; i < layout_.servers(); ++i) {
     Header h;
     int src = -1;
@@ -343,19 +359,26 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
       } catch (const transport::ViewChanged&) {
         const recovery::View v = ft_.accept();
         noteFailures(v);
+        // A shard that moved after training ended: its new server hears every client's
+        // "done" again (idle leaders re-send it) and sends the final weights instead.
+        client_.refreshNow();
         for (int sh = 0; sh < layout_.servers(); ++sh)
-          if (v.shardRank[sh] != client_.serverRankOf(sh))
+          if (v.shardRank[sh] < 0)
             throw transport::PeerFailure(
                 {client_.serverRankOf(sh)}, v.epoch,
                 detail::concat("the server of shard ", sh, " died after training ended, before it sent "
-                               "the final weights; the newest snapshot is in ", cfg_.checkpointDir));
+                               "the final weights, and no spare or replica is left; the newest "
+                               "snapshot is in ", cfg_.checkpointDir));
       }
     }
     PHX_ENFORCE(h.shard >= 0 && h.shard < layout_.servers() && h.offset == ranges[h.shard].lo &&
                     h.bytes == ranges[h.shard].size() * 4,
                 "bad final-weights message from rank ", src);
     t_.recvPayload(src, MsgType::kFinal, paramBuf() + h.offset, h.bytes, cfg_.peerTimeoutS);
-    if (h.shard == 0) updates = h.version;
+    if (h.shard == 0) {
+      updates = h.version;
+      gradientsApplied = static_cast<int64_t>(h.value);
+    }
   }
   uploadParams();
   // Every other rank's counters.
@@ -367,6 +390,9 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
   mine.cpuSeconds = cpuSeconds();
   mine.bytesIn = client_.bytesReceived();
   mine.bytesOut = client_.bytesSent();
+  mine.pushesAcked = static_cast<double>(client_.acknowledged());
+  mine.buffered = static_cast<double>(client_.buffered());
+  mine.overflow = static_cast<double>(client_.overflow());
   all.push_back(mine);
   recovery::View finalView;
   int expect = layout_.servers() + layout_.workers() - 1;
@@ -454,16 +480,31 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
             if (m.shard == f.shard && m.epoch == f.epoch && rc.restoredVersion >= 0)
               o.updatesLost = std::max<int64_t>(0, m.lastVersion - static_cast<int64_t>(rc.restoredVersion));
           o.rolledBackSteps = o.updatesLost / perStep;
+          o.bufferedUpdatesApplied = static_cast<int64_t>(rc.bufferedApplied);
         }
     }
     s.updatesLost += o.updatesLost;
     s.failures.push_back(o);
   }
-  double snapshots = 0, ckptSeconds = 0;
+  double snapshots = 0, ckptSeconds = 0, acked = 0, buffered = 0, overflow = 0, duplicates = 0;
   for (const RankStats& r : all) {
     snapshots += r.snapshotsWritten;
     ckptSeconds += r.checkpointSeconds;
+    acked += r.pushesAcked;
+    buffered += r.buffered;
+    overflow += r.overflow;
+    if (r.isServer && r.index == 0) duplicates += r.duplicates;
   }
+  // The counter invariant (docs/recovery.md): every push to shard 0 that a worker saw
+  // acknowledged (or handed over in a backlog) is in the final state, unless a checkpoint
+  // restore rolled it back. Exact while every worker lives (a dead one's pushes are in the
+  // state but not in the acknowledged sum).
+  bool workerDied = false;
+  for (const recovery::FailureRecord& f : finalView.failures)
+    workerDied = workerDied || layout_.roleOf(f.rank) == ps::Role::kWorker;
+  const int64_t ackedLost = workerDied || gradientsApplied < 0
+                               ? -1
+                               : std::max<int64_t>(0, static_cast<int64_t>(acked) - gradientsApplied);
   s.extra = {{"model", jsonString(cfg_.model)},
              {"parameters", std::to_string(n_)},
              {"device", jsonString(be_->describe())},
@@ -485,6 +526,12 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
              {"snapshots_written", detail::concat(static_cast<int64_t>(snapshots))},
              {"checkpoint_blocking_seconds", std::to_string(ckptSeconds)},
              {"resends", detail::concat(client_.resends())},
+             {"pushes_acknowledged", detail::concat(static_cast<int64_t>(acked))},
+             {"gradients_applied", detail::concat(gradientsApplied)},
+             {"acknowledged_pushes_lost", detail::concat(ackedLost)},
+             {"duplicate_pushes", detail::concat(static_cast<int64_t>(duplicates))},
+             {"buffered_updates", detail::concat(static_cast<int64_t>(buffered))},
+             {"buffer_overflow", detail::concat(static_cast<int64_t>(overflow))},
              {"ranks", ranks}};
   if (!cfg_.summaryPath.empty()) writeFileAtomic(cfg_.summaryPath, s.toJson());
   log::info("done: ", s.steps, " steps per worker in ", fmtDuration(trainSeconds), ", ",
@@ -530,7 +577,15 @@ TrainResult runDistributed(const Config& cfg, transport::Transport& t,
   }
   log::info("rank ", t.rank(), " pid ", getpid(), " role ", ps::roleName(role), ", recovery ", ft.mode);
   TrainResult res;
-  if (role == ps::Role::kReplica) {
+  if (role == ps::Role::kReplica && (ft.mode == "chain" || ft.mode == "hybrid")) {
+    data::FashionMnist loaded;
+    if (!data) {
+      loaded = data::loadFashionMnist(cfg.dataDir);
+      data = &loaded;
+    }
+    const int shard = (t.rank() - layout.servers()) / std::max(1, layout.replicas());
+    serveShard(cfg, t, layout, *data, ft, shard, Entry::kReplica, 0);
+  } else if (role == ps::Role::kReplica) {
     idleUntilReleased(t, ft, [&ft] { ft.accept(); });
   } else if (role == ps::Role::kSpare) {
     // Load the data now, while idle: a takeover must not wait for it.
@@ -547,7 +602,7 @@ TrainResult runDistributed(const Config& cfg, transport::Transport& t,
       data = &loaded;
     }
     if (role == ps::Role::kServer) {
-      serveShard(cfg, t, layout, *data, ft, t.rank(), false, 0);
+      serveShard(cfg, t, layout, *data, ft, t.rank(), Entry::kInitial, 0);
     } else {
       WorkerLoop loop(cfg, t, layout, *data, ft);
       res = loop.run();

@@ -27,6 +27,11 @@ struct RankStats {
   double tookOver = 0, takeoverEpoch = 0, restoredVersion = -1;
   double restoreSeconds = 0, snapshotsWritten = 0, checkpointSeconds = 0, clientsLost = 0;
   double resends = 0;
+  // chain replication and stateless servers
+  double promoted = 0, duplicates = 0, replicated = 0, bufferedApplied = 0;
+  // workers: pushes of shard 0 acknowledged (or delivered in a backlog), updates buffered
+  // while a shard was down, updates dropped because the buffer was full
+  double pushesAcked = 0, buffered = 0, overflow = 0;
 };
 
 // This rank's view of failures: the detector (null when there is none), the view epoch the
@@ -90,11 +95,15 @@ Plan plan(const Config& cfg, const data::Dataset& train, int workers);
 kernels::SgdParams sgdOf(const Config& cfg);
 int ranksOnNode(const transport::Transport& t);
 
-// The server roles (server_role.cc). serveShard serves `shard` until every client is done;
-// takeover: this rank replaces the shard's dead server. runSpare idles until a view gives the
+// The server roles (server_role.cc). serveShard serves `shard` until every client is done (or
+// the chief releases a replica). runSpare idles until a view gives the
 // spare a shard, or the chief releases it.
+// How a rank starts serving a shard: as its first head, as a spare replacing a dead head (it
+// restores the newest snapshot), or as a chain replica (it waits for the state and serves only
+// once promoted).
+enum class Entry { kInitial, kSpare, kReplica };
 void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout& layout,
-                const data::FashionMnist& fm, FtContext& ft, int shard, bool takeover,
+                const data::FashionMnist& fm, FtContext& ft, int shard, Entry entry,
                 int sinceEpoch);
 void runSpare(const Config& cfg, transport::Transport& t, const ps::RoleLayout& layout,
               const data::FashionMnist& fm, FtContext& ft);

@@ -12,10 +12,9 @@ namespace phx::train {
 using transport::Header;
 using transport::MsgType;
 
-// Serves `shard` until every client is done. takeover: this rank replaces the shard's dead
-// server (a spare): it restores the newest valid snapshot and resynchronises the clients.
+// Serves `shard` until every client is done (see roles.h for the entries).
 void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout& layout,
-                const data::FashionMnist& fm, FtContext& ft, int shard, bool takeover,
+                const data::FashionMnist& fm, FtContext& ft, int shard, Entry entry,
                 int sinceEpoch) {
   auto be = kernels::makeBackend("cpu", 1);
   kernels::Model init(*be, kernels::parseModelSpec(cfg.model), 1);
@@ -31,6 +30,9 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
   // Updates the server will apply over the run: one per round (BSP) or one per push.
   const int64_t perStep = policy->roundBased() ? 1 : layout.groups();
   const int64_t totalUpdates = p.totalSteps * perStep;
+  const bool chained = ft.mode == "chain" || ft.mode == "hybrid";
+  const bool statelessWorkers = ft.mode == "stateless" || ft.mode == "hybrid";
+  const bool asyncChain = chained && cfg.chainMode == "async";
   ps::ServerOptions opt;
   opt.shard = shard;
   opt.range = r;
@@ -40,9 +42,15 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
   opt.sgd = sgdOf(cfg);
   opt.lrAt = [&cfg, totalUpdates](int64_t v) { return learningRate(cfg, v, totalUpdates); };
   opt.timeoutS = cfg.peerTimeoutS;
+  if (chained) {
+    opt.chain = asyncChain ? ps::ServerOptions::Chain::kAsync : ps::ServerOptions::Chain::kSync;
+    opt.replicateEvery = cfg.replicateEvery * perStep;
+  }
+  const ps::BacklogRule rule = ps::parseBacklogRule(cfg.backlogRule);
 
-  // Checkpoints.
-  const bool ckpt = ft.mode == "checkpoint";
+  // Checkpoints (checkpoint mode; stateless servers write them too, as the state a
+  // replacement starts from before the workers' copies and backlogs).
+  const bool ckpt = ft.mode == "checkpoint" || ft.mode == "stateless";
   const Schedule every = parseSchedule("--checkpoint-every", cfg.checkpointEvery);
   std::unique_ptr<recovery::AsyncSnapshotWriter> writer;
   if (ckpt && !every.empty() && cfg.checkpointMode == "async")
@@ -52,7 +60,7 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
   const std::string configText = detail::concat(
       "model=", cfg.model, " sync=", cfg.sync, " staleness=", cfg.staleness, " servers=",
       layout.servers(), " workers=", layout.workers(), " batch=", cfg.batch, " lr=", cfg.lr,
-      " momentum=", cfg.effectiveMomentum(), " seed=", cfg.seed);
+      " momentum=", cfg.effectiveMomentum(), " seed=", cfg.seed, " recovery=", ft.mode);
 
   ps::Server* srv = nullptr;
   auto snapshot = [&] {
@@ -63,6 +71,7 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
     snap.hi = r.hi;
     snap.version = srv->stats().version;
     snap.round = srv->round();
+    snap.gradients = srv->stats().gradients;
     snap.weights = srv->weights();
     snap.momentum = srv->momentum();
     snap.model = cfg.model;
@@ -87,42 +96,95 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
   if (ft.det)
     for (const auto& f : ft.det->view().failures) killIndex += f.shard == 0 ? 1 : 0;
 
+  bool takeover = entry == Entry::kSpare;
   bool eventSent = false;
   RankStats rs;
-  opt.tick = [&] {
-    if (ft.changed()) {
-      const recovery::View v = ft.accept();
-      for (int c = 0; c < layout.groups(); ++c)
-        if (!v.isAlive(layout.workerRank(layout.leaderOf(c)))) srv->dropClient(c);
+  rs.restoredVersion = -1;
+  // View changes: a wait interrupted by one installs it at once (sends to dead ranks are
+  // abandoned); the tick then acts on it between messages.
+  bool viewPending = false;
+  recovery::View pending;
+  opt.onViewChanged = [&] {
+    pending = ft.accept();
+    viewPending = true;
+  };
+  auto actOnView = [&](const recovery::View& v) {
+    for (int c = 0; c < layout.groups(); ++c)
+      if (!v.isAlive(layout.workerRank(layout.leaderOf(c)))) srv->dropClient(c);
+    if (!chained) return;
+    const int me = t.rank();
+    const int head = v.shardRank[shard];
+    if (head == me && !srv->isHead()) {
+      if (!srv->hasState())
+        log::error("shard ", shard, ": replica rank ", me, " is promoted before it received the "
+                   "state; it serves its initial weights");
+      log::warn("replica rank ", me, " is promoted to head of shard ", shard, " (epoch ", v.epoch,
+                ", version ", srv->stats().version, ")",
+                cfg.downtimeS > 0 ? detail::concat(" after --downtime ", cfg.downtimeS, " s") : "");
+      if (cfg.downtimeS > 0) std::this_thread::sleep_for(std::chrono::duration<double>(cfg.downtimeS));
+      srv->promote(v.shardSince[shard], asyncChain);
+      killIndex = 0;  // the n-th --kill-server entry is for the n-th holder of shard 0
+      for (const auto& f : v.failures) killIndex += f.shard == 0 ? 1 : 0;
+      takeover = true;
+      rs.promoted = 1;
+      rs.restoredVersion = static_cast<double>(srv->stats().version);
+      sinceEpoch = v.shardSince[shard];
+      srv->setChain(head, v.successorOf(shard, me));
+      if (statelessWorkers) srv->beginRejoin(rule, false);
+      return;
     }
-    if (shard == 0 && killIndex < kills.size() &&
-        due(kills[killIndex], srv->stats().version / perStep, ft.startUnix))
-      killSelf(ft, detail::concat("--kill-server ", cfg.killServer, " (shard 0 at update ",
-                                  srv->stats().version, ")"));
-    if (ckpt && every.isTime() && recovery::unixNow() - lastCkptUnix >= every.seconds) snapshot();
-    if (takeover && !eventSent && srv->firstApplyAfterResync() > 0) {
+    if (head >= 0) srv->setChain(head, v.successorOf(shard, me));
+  };
+
+  bool tookOverLogged = false;
+  auto sendEvent = [&] {
+    if (!takeover || eventSent || srv->firstApplyAfterResync() <= 0) return;
+    {
       eventSent = true;
       // Tell the chief at once (this server may die too before the end-of-run counters).
       const double nowSteady =
           std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-      const double ev[4] = {static_cast<double>(shard), static_cast<double>(sinceEpoch),
+      const double ev[5] = {static_cast<double>(shard), static_cast<double>(sinceEpoch),
                             recovery::unixNow() - (nowSteady - srv->firstApplyAfterResync()),
-                            rs.restoredVersion};
+                            srv->rejoinBase() >= 0 ? static_cast<double>(srv->rejoinBase()) : rs.restoredVersion,
+                            static_cast<double>(srv->stats().bufferedApplied)};
       Header eh;
       eh.type = MsgType::kEvent;
       eh.shard = shard;
       eh.bytes = sizeof ev;
       t.waitSend(t.send(layout.chiefRank(), eh, ev), cfg.peerTimeoutS);
-      log::info("shard ", shard, " applies updates again on rank ", t.rank(), " (version ",
-                srv->stats().version, ")");
+      if (!tookOverLogged) {
+        tookOverLogged = true;
+        log::info("shard ", shard, " applies updates again on rank ", t.rank(), " (version ",
+                  srv->stats().version, ")");
+      }
     }
+  };
+  opt.tick = [&] {
+    if (ft.changed()) opt.onViewChanged();
+    if (viewPending) {
+      viewPending = false;
+      actOnView(pending);
+    }
+    if (!srv->isHead()) return;
+    if (shard == 0 && killIndex < kills.size() &&
+        due(kills[killIndex], srv->stats().version / perStep, ft.startUnix))
+      killSelf(ft, detail::concat("--kill-server ", cfg.killServer, " (shard 0 at update ",
+                                  srv->stats().version, ")"));
+    if (ckpt && every.isTime() && recovery::unixNow() - lastCkptUnix >= every.seconds) snapshot();
+    sendEvent();
   };
 
   if (takeover) unsetenv("PHX_TEST_KILL_IN_CHECKPOINT");  // the test hook kills one writer only
   ps::Server server(t, layout, opt, *policy, *be, std::move(slice));
   srv = &server;
+  if (entry == Entry::kReplica) {
+    // The head sends the whole state first (also at the start: a resumed head's state).
+    server.setHead(false);
+    server.setHasState(false);
+  }
   const std::string restoreDir = takeover ? cfg.checkpointDir : cfg.resumeDir;
-  if (takeover || !cfg.resumeDir.empty()) {
+  if (entry != Entry::kReplica && (takeover || !cfg.resumeDir.empty())) {
     const auto t0 = std::chrono::steady_clock::now();
     recovery::LoadResult lr;
     if (ckpt || !cfg.resumeDir.empty()) lr = recovery::loadNewestSnapshot(restoreDir, shard);
@@ -131,7 +193,8 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
         PHX_USER_ERROR(lr.file, " holds keys [",
                        lr.snap->lo, ", ", lr.snap->hi, "), but shard ", shard, " of this model has [",
                        r.lo, ", ", r.hi, "): same --model and --servers as the run that wrote it?");
-      server.restore(lr.snap->version, lr.snap->round, lr.snap->weights, lr.snap->momentum);
+      server.restore(lr.snap->version, lr.snap->round, lr.snap->weights, lr.snap->momentum,
+                     lr.snap->gradients);
       rs.restoredVersion = static_cast<double>(lr.snap->version);
       log::warn("shard ", shard, " restored from ", lr.file, " (version ", lr.snap->version,
                 ", round ", lr.snap->round, ", weights crc32 ", recovery::crcOf(lr.snap->weights), ")");
@@ -142,19 +205,31 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
     } else {
       rs.restoredVersion = 0;
       log::warn("shard ", shard, ": no valid snapshot in ", recovery::shardDir(restoreDir, shard),
-                "; it restarts from the initial weights");
+                statelessWorkers ? "; it rebuilds from the workers' copies"
+                                 : "; it restarts from the initial weights");
     }
     rs.restoreSeconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     server.beginResync();
+    if (takeover && statelessWorkers) server.beginRejoin(rule, true);
   }
-  rs.tookOver = takeover ? 1 : 0;
+  if (chained && ft.det) {
+    const recovery::View v = ft.det->view();
+    if (v.shardRank[shard] >= 0) server.setChain(v.shardRank[shard], v.successorOf(shard, t.rank()));
+  } else if (chained) {
+    server.setChain(layout.serverRank(shard), -1);
+  }
   rs.takeoverEpoch = sinceEpoch;
-  log::info("shard ", shard, " owns keys [", r.lo, ", ", r.hi, ") of ", all.size(), ", sync ",
-            policy->name(), ", ", layout.groups(), " client(s)", takeover ? " (took over)" : "");
+  if (entry != Entry::kReplica)
+    log::info("shard ", shard, " owns keys [", r.lo, ", ", r.hi, ") of ", all.size(), ", sync ",
+              policy->name(), ", ", layout.groups(), " client(s)", takeover ? " (took over)" : "");
   const double cpu0 = cpuSeconds();
   const auto t0 = std::chrono::steady_clock::now();
   server.run(layout.chiefRank());
+  if (server.isHead() && !server.released()) sendEvent();  // a recovery right at the end
   if (writer) writer->flush();
+  if (server.released() || !server.isHead()) return;  // a replica: nothing to report
+  rs.tookOver = takeover ? 1 : 0;
+  rs.takeoverEpoch = sinceEpoch;
   const ps::ServerStats& s = server.stats();
   rs.isServer = 1;
   rs.index = shard;
@@ -171,6 +246,9 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
   rs.bytesIn = s.bytesIn;
   rs.bytesOut = s.bytesOut;
   rs.clientsLost = static_cast<double>(s.clientsLost);
+  rs.duplicates = static_cast<double>(s.duplicates);
+  rs.replicated = static_cast<double>(s.replicated);
+  rs.bufferedApplied = static_cast<double>(s.bufferedApplied);
   rs.snapshotsWritten = static_cast<double>(writer ? writer->written() : written);
   rs.checkpointSeconds = writer ? writer->waitedSeconds() + ckptSeconds : ckptSeconds;
   sendStats(t, layout.chiefRank(), rs, cfg.peerTimeoutS);
@@ -192,7 +270,14 @@ void runSpare(const Config& cfg, transport::Transport& t, const ps::RoleLayout& 
                   cfg.downtimeS > 0 ? detail::concat(" after --downtime ", cfg.downtimeS, " s") : "");
         if (cfg.downtimeS > 0)
           std::this_thread::sleep_for(std::chrono::duration<double>(cfg.downtimeS));
-        serveShard(cfg, t, layout, fm, ft, shard, true, v.shardSince[shard]);
+        serveShard(cfg, t, layout, fm, ft, shard, Entry::kSpare, v.shardSince[shard]);
+        return;
+      }
+      const int chain = v.backupOf(t.rank());
+      if (chain >= 0) {
+        log::warn("spare rank ", t.rank(), " joins the tail of shard ", chain, "'s chain (epoch ",
+                  v.epoch, ")");
+        serveShard(cfg, t, layout, fm, ft, chain, Entry::kReplica, v.epoch);
         return;
       }
     }

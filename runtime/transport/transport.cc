@@ -20,6 +20,10 @@ const char* msgTypeName(MsgType t) {
     case MsgType::kLeave: return "leave";
     case MsgType::kDying: return "dying";
     case MsgType::kEvent: return "event";
+    case MsgType::kReplicate: return "replicate";
+    case MsgType::kChainAck: return "chain-ack";
+    case MsgType::kHello: return "hello";
+    case MsgType::kBacklog: return "backlog";
   }
   return "unknown";
 }

@@ -34,12 +34,20 @@ enum class MsgType : uint16_t {
   kDying = 12,        // injected kill: "I SIGKILL myself now" (value: wall time of the kill)
   // ... and on the training communicator:
   kEvent = 13,        // new server -> chief: recovery event (payload: doubles)
+  // Chain replication and stateless servers (recovery/, docs/recovery.md):
+  kReplicate = 14,    // chain member -> successor: an applied update or the full shard state
+  kChainAck = 15,     // chain tail -> head: every update up to (version) is applied at the tail
+  kHello = 16,        // stateless replacement -> client: send your weights copy and backlog
+  kBacklog = 17,      // client -> stateless replacement: last pulled weights + buffered updates
 };
-inline constexpr int kNumMsgTypes = 14;
+inline constexpr int kNumMsgTypes = 18;
 const char* msgTypeName(MsgType t);
 
 enum HeaderFlags : uint16_t {
   kPullAfter = 1,  // on a push: also a pull request for clock + 1
+  kFullState = 2,  // on a replicate: the payload is the whole state, not one update
+  kNoMomentum = 4, // on a replicate: the update was a plain SGD step (a stateless backlog)
+  kLast = 8,       // on a backlog: the client is done after it (no separate done message)
 };
 
 // Trivially copyable, sent as 64 raw bytes; both ends are the same binary.
