@@ -9,8 +9,7 @@ PHX=${1:?usage: fault_test.sh PATH/TO/phoenix}
 . "$(dirname "$0")/../lib/mpi_job_lib.sh"
 MPIRUN=(mpirun --oversubscribe --bind-to none --enable-recovery)
 EVERY=10
-COMMON=(--model mlp --batch 32 --eval-every 50 --threads 1 --recovery checkpoint
-        --checkpoint-every $EVERY)
+COMMON=(--model mlp --batch 32 --eval-every 50 --threads 1 --checkpoint-every $EVERY)
 EXTRA_MPI=()
 RANDOM=20261124  # seeded: the kill steps are random but the same on every run
 
@@ -18,10 +17,11 @@ RANDOM=20261124  # seeded: the kill steps are random but the same on every run
 job() {
   local name=$1 np=$2; shift 2
   local out rc t0=$SECONDS
-  local steps=(--steps 150) level=(--log-level warn)
+  local steps=(--steps 150) level=(--log-level warn) rec=(--recovery checkpoint)
   case " $* " in *" --steps "*) steps=();; esac
+  case " $* " in *" --recovery "*) rec=();; esac
   case " $* " in *" --log-level "*) level=();; esac
-  out=$(timeout 120 "${MPIRUN[@]}" "${EXTRA_MPI[@]}" -n "$np" "$PHX" train "${COMMON[@]}" "${steps[@]}" "${level[@]}" \
+  out=$(timeout 120 "${MPIRUN[@]}" "${EXTRA_MPI[@]}" -n "$np" "$PHX" train "${COMMON[@]}" "${rec[@]}" "${steps[@]}" "${level[@]}" \
         --checkpoint-dir "$TMP/$name.ckpt" --summary "$TMP/$name.json" "$@" 2>&1); rc=$?
   echo "$out" > "$TMP/$name.log"
   echo "  $name: $((SECONDS - t0)) s"
@@ -65,6 +65,49 @@ for mode in sync async; do
   done
 done
 
+# 1b. Chain replication (sync/async), stateless and hybrid servers x BSP/ASP x one and two
+#     kills. The invariants are counters: chain sync and hybrid lose no acknowledged push (the
+#     final state holds exactly the pushes the workers saw acknowledged or handed over);
+#     stateless applies every buffered update (none overflowed); async chain loses at most what
+#     came after the last state forward.
+survived() {
+  local name=$1 n=$2 rmode=$3
+  check "$name" "len([x for x in f if x['role'] == 'server']) == $n"
+  check "$name" "all(x['replaced_by'] >= 0 and 0 < x['detected_ms'] <= 1500 and x['recovered_ms'] > 0 for x in f)"
+  check "$name" "s['final_test_accuracy'] > 0.6"
+  case $rmode in
+    chain-sync|hybrid)
+      check "$name" "s['pushes_acknowledged'] == s['gradients_applied'] and s['acknowledged_pushes_lost'] == 0 and s['updates_lost'] == 0";;
+    chain-async)
+      check "$name" "0 <= s['acknowledged_pushes_lost'] <= $n * ($EVERY + 1) * s['workers']";;
+    stateless)
+      check "$name" "s['buffer_overflow'] == 0 and s['buffered_updates'] == sum(x['buffered_updates_applied'] for x in f) and s['buffered_updates'] > 0";;
+  esac
+}
+for rmode in chain-sync chain-async stateless hybrid; do
+  case $rmode in
+    chain-sync) args=(--recovery chain --chain-mode sync --replicas 1);;
+    chain-async) args=(--recovery chain --chain-mode async --replicate-every $EVERY --replicas 1);;
+    stateless) args=(--recovery stateless);;
+    hybrid) args=(--recovery hybrid --replicas 1);;
+  esac
+  for sync in bsp asp; do
+    k1=$((20 + RANDOM % 50))
+    name=$rmode-$sync-1
+    job $name 7 --servers 1 --spares 1 --sync $sync "${args[@]}" --kill-server $k1 &&
+      survived $name 1 $rmode
+    k1=$((15 + RANDOM % 30)); k2=$((k1 + 30 + RANDOM % 40))
+    name=$rmode-$sync-2
+    job $name 8 --servers 1 --spares 2 --sync $sync "${args[@]}" --kill-server $k1,$k2 &&
+      survived $name 2 $rmode
+  done
+done
+# A stateless outage longer than the buffer: the overflow is counted and reported, the rest
+# applied.
+job stateless-overflow 6 --servers 1 --spares 1 --sync asp --recovery stateless --stateless-buffer 5 \
+    --downtime 1 --kill-server 30 &&
+  check stateless-overflow "s['buffer_overflow'] > 0 and s['buffered_updates'] == f[0]['buffered_updates_applied'] and s['buffered_updates'] <= 6 * s['workers']"
+
 # 2. Two shards, the second one's server is untouched: only shard 0 rolls back.
 job two-shards 7 --servers 2 --spares 1 --kill-server 40 && recovered two-shards 1 &&
   check two-shards "f[0]['shard'] == 0"
@@ -77,7 +120,7 @@ job worker-kill 5 --servers 1 --kill-worker 30 &&
 # 4. From outside, by PID: kill -9 of the server, and SIGSTOP of the server (a freeze).
 external() {
   local name=$1 sig=$2
-  ( timeout 120 "${MPIRUN[@]}" -n 6 "$PHX" train "${COMMON[@]}" --steps 1500 --log-level debug \
+  ( timeout 120 "${MPIRUN[@]}" -n 6 "$PHX" train "${COMMON[@]}" --recovery checkpoint --steps 1500 --log-level debug \
       --servers 1 --spares 1 --checkpoint-dir "$TMP/$name.ckpt" --summary "$TMP/$name.json" \
       > "$TMP/$name.log" 2>&1 ) &
   local runner=$! pid="" i
@@ -135,7 +178,7 @@ if [ $rc -ne 0 ] && echo "$out" | grep -q -- "--enable-recovery"; then ok; else
 # 8. --resume: a new job starts from the newest valid snapshot of the last one.
 job first 4 --servers 1 --steps 60 --checkpoint-mode sync && {
   cp -r "$TMP/first.ckpt" "$TMP/resume.ckpt"
-  out=$(timeout 120 "${MPIRUN[@]}" -n 4 "$PHX" train "${COMMON[@]}" --steps 100 --log-level info \
+  out=$(timeout 120 "${MPIRUN[@]}" -n 4 "$PHX" train "${COMMON[@]}" --recovery checkpoint --steps 100 --log-level info \
         --servers 1 --resume "$TMP/resume.ckpt" --summary "$TMP/resume.json" 2>&1); rc=$?
   if [ $rc -eq 0 ] && echo "$out" | grep -q "resuming from .* at step 60 of 100"; then ok; else
     bad "resume: rc $rc: $(echo "$out" | grep -i 'resum\|error' | head)"; fi

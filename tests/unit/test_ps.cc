@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <mutex>
 #include <thread>
 
 #include "kernels/cpu/cpu_backend.h"
@@ -15,6 +16,7 @@
 #include "runtime/ps/layout.h"
 #include "runtime/ps/server.h"
 #include "runtime/train/dist_trainer.h"
+#include "recovery/view.h"
 #include "runtime/transport/inproc/inproc_transport.h"
 #include "tests/unit/toy_data.h"
 
@@ -324,6 +326,101 @@ TEST(DistributedTraining, AspAndSspLearn) {
     EXPECT_GT(r.summary.finalTestAccuracy, 0.9) << mode;
     EXPECT_EQ(r.summary.updatesApplied, 3 * c.steps) << mode;
   }
+}
+
+
+// Chain replication over the in-process transport: a head and one replica, two ASP workers.
+// The replica applies every forwarded update itself; at the end its state must be
+// bit-identical to the head's, and no pull reply (the push's acknowledgement) may have been
+// sent before the tail had that update.
+TEST(Chain, SyncReplicaIsBitIdenticalAndAcknowledgesEveryUpdate) {
+  const int workers = 2, steps = 40;
+  const int64_t keys = 1000;
+  ps::RoleLayout layout(2 + workers, 1, 1, 0, 1);
+  InprocFabric fabric(layout.worldSize());
+  std::vector<std::unique_ptr<InprocTransport>> ts;
+  for (int r = 0; r < layout.worldSize(); ++r) ts.push_back(std::make_unique<InprocTransport>(fabric, r));
+  auto policy = sync::makePolicy("asp", 0);
+  ps::ServerOptions o;
+  o.shard = 0;
+  o.range = ps::KeyRange{0, keys};
+  o.clients = workers;
+  o.sgd = kernels::SgdParams{0.05f, 0.9f, 0.0f, false};
+  o.timeoutS = kTimeout;
+  o.chain = ps::ServerOptions::Chain::kSync;
+  kernels::CpuBackend be0(1), be1(1);
+  ps::Server head(*ts[0], layout, o, *policy, be0, std::vector<float>(keys, 0.5f));
+  ps::Server replica(*ts[1], layout, o, *policy, be1, std::vector<float>(keys, 0.5f));
+  replica.setHead(false);
+  replica.setHasState(false);
+  replica.setChain(0, -1);
+  head.setChain(0, 1);  // sends the whole state first
+  std::vector<int64_t> ackedSeen;
+  std::mutex mu;
+  std::thread th([&] { head.run(-1); });
+  std::thread tr([&] { replica.run(-1); });
+  std::vector<std::thread> ws;
+  for (int w = 0; w < workers; ++w)
+    ws.emplace_back([&, w] {
+      const int rank = layout.workerRank(w);
+      ps::PsClient c(*ts[rank], layout, {o.range}, w, 0, kTimeout);
+      std::vector<float> params(keys), grads(keys);
+      c.pull(0, params.data());
+      for (int k = 0; k < steps; ++k) {
+        for (int64_t i = 0; i < keys; ++i) grads[i] = 0.01f * static_cast<float>((i * 7 + k * 3 + w) % 11) - 0.05f;
+        c.push(k, grads.data(), true);
+        c.awaitWeights(k + 1, params.data());
+        c.waitPushes();
+        std::lock_guard<std::mutex> lock(mu);
+        ackedSeen.push_back(c.version(0));
+      }
+      c.done();
+    });
+  for (auto& t : ws) t.join();
+  th.join();
+  // The chief releases the replica.
+  Header rel;
+  rel.type = MsgType::kDone;
+  ts[layout.chiefRank()]->waitSend(ts[layout.chiefRank()]->send(1, rel, nullptr), kTimeout);
+  tr.join();
+  EXPECT_EQ(head.stats().version, workers * steps);
+  EXPECT_EQ(replica.stats().version, head.stats().version);
+  EXPECT_EQ(replica.stats().gradients, head.stats().gradients);
+  EXPECT_EQ(replica.weights(), head.weights());    // bit-identical, momentum too
+  EXPECT_EQ(replica.momentum(), head.momentum());
+  EXPECT_EQ(head.chainAcked(), head.stats().version);
+  // A reply reports the acknowledged version: never more than the tail had applied.
+  for (int64_t v : ackedSeen) EXPECT_LE(v, replica.stats().version);
+}
+
+TEST(View, ChainPromotesTheFirstBackupAndASpareJoinsTheTail) {
+  ps::RoleLayout layout(8, 1, 2, 1, 1);  // head 0, backups 1 2, spare 3, workers 4..7
+  recovery::View v = recovery::initialView(layout);
+  ASSERT_EQ(v.backups[0], (std::vector<int>{1, 2}));
+  EXPECT_EQ(v.successorOf(0, 0), 1);
+  EXPECT_EQ(v.successorOf(0, 2), -1);
+  const std::vector<double> none(8, 0.0);
+  recovery::View n = recovery::nextView(v, layout, {0}, 1, 1.0, none, none);
+  EXPECT_EQ(n.shardRank[0], 1);                      // promoted
+  EXPECT_EQ(n.backups[0], (std::vector<int>{2, 3}));  // the spare joins at the tail
+  EXPECT_TRUE(n.spares.empty());
+  ASSERT_EQ(n.failures.size(), 1u);
+  EXPECT_EQ(n.failures[0].replacedBy, 1);
+  EXPECT_EQ(n.failures[0].promoted, 1);
+  // A middle member dies: its predecessor now forwards to the tail.
+  recovery::View m = recovery::nextView(n, layout, {2}, 1, 2.0, none, none);
+  EXPECT_EQ(m.shardRank[0], 1);
+  EXPECT_EQ(m.backups[0], (std::vector<int>{3}));
+  EXPECT_EQ(m.successorOf(0, 1), 3);
+  EXPECT_EQ(m.failures.back().backupOf, 0);
+  // Head and its only backup die at once (a failure during the rebuild): the shard is lost.
+  recovery::View z = recovery::nextView(m, layout, {1, 3}, 4, 3.0, none, none);
+  EXPECT_EQ(z.shardRank[0], -1);
+  // Views survive serialisation.
+  const auto bytes = m.serialize();
+  const recovery::View p = recovery::View::parse(bytes.data(), bytes.size());
+  EXPECT_EQ(p.backups, m.backups);
+  EXPECT_EQ(p.shardRank, m.shardRank);
 }
 
 }  // namespace

@@ -106,6 +106,10 @@ TEST(Config, RejectsBadValuesWithTheFlagName) {
   expectBad([](Config& c) { c.momentum = 1.5; }, "--momentum");
   expectBad([](Config& c) { c.device = "tpu"; }, "--device");
   expectBad([](Config& c) { c.evalEvery = "abc"; }, "--eval-every");
+  expectBad([](Config& c) { c.recovery = "chain"; }, "--replicas 1");
+  expectBad([](Config& c) { c.recovery = "checkpoint"; c.replicas = 1; }, "--replicas");
+  expectBad([](Config& c) { c.chainMode = "lazy"; }, "--chain-mode");
+  expectBad([](Config& c) { c.backlogRule = "max"; }, "--backlog-rule");
   expectBad([](Config& c) { c.lrSchedule = "step"; }, "--lr-schedule");
   EXPECT_THROW(kernels::parseModelSpec("resnet"), UserError);
   EXPECT_THROW(kernels::parseModelSpec("synthetic:12x"), UserError);
