@@ -7,7 +7,7 @@ PHX := $(BUILD)/bin/phoenix
 RUN_DIR ?= phoenix-run
 
 
-.PHONY: all deps build run run-local test-fault test test-unit bench bench-torch bench-runtime accuracy clean
+.PHONY: all deps build run run-local test-fault test test-unit bench bench-torch bench-runtime bench-recovery accuracy clean
 
 all: build
 
@@ -57,6 +57,12 @@ bench-torch: build
 # Parameter-server runtime figures (push+pull vs allreduce, job throughput, CPU per rank).
 bench-runtime: build
 	apps/scripts/bench_runtime.sh $(PHX)
+
+# Detection and recovery times of every recovery mode (docs/recovery.md): 5 real kills per mode,
+# under ASP and BSP.
+bench-recovery: build
+	apps/scripts/bench_recovery.sh $(PHX) 5 asp
+	apps/scripts/bench_recovery.sh $(PHX) 5 bsp
 
 # The accuracy figures of docs/perf.md (paper settings and Phoenix defaults).
 accuracy: build

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <exception>
 
+#include "apps/phoenix/bench_checkpoint.h"
 #include "apps/phoenix/bench_kernels.h"
 #include "apps/phoenix/bench_pushpull.h"
 #include "apps/phoenix/mpi_main.h"
@@ -206,6 +207,22 @@ int main(int argc, char** argv) {
   benchKernels->add_option("--json", kb.jsonPath, "Also write the results as JSON");
 
   phx::apps::PushPullBenchOptions pb;
+  phx::apps::CheckpointBenchOptions cb;
+  CLI::App* benchCkpt = bench->add_subcommand(
+      "checkpoint", "HDF5 snapshot write/read MB/s and the step-time cost of sync vs async snapshots");
+  benchCkpt->add_option("--model", cb.model, "Model whose state is snapshotted")->capture_default_str();
+  benchCkpt->add_option("--batch", cb.batch, "Batch size of the training steps")
+      ->check(CLI::Range(1, 65536))->capture_default_str();
+  benchCkpt->add_option("--threads", cb.threads, "CPU threads")->check(CLI::Range(1, 1024))->capture_default_str();
+  benchCkpt->add_option("--every", cb.every, "Steps between snapshots")->check(CLI::Range(1, 1000000))->capture_default_str();
+  benchCkpt->add_option("--steps", cb.steps, "Measured steps per mode and round")
+      ->check(CLI::Range(1, 100000000))->capture_default_str();
+  benchCkpt->add_option("--rounds", cb.rounds, "Rounds of none/sync/async")->check(CLI::Range(1, 100))->capture_default_str();
+  benchCkpt->add_option("--io-repeats", cb.ioRepeats, "Snapshots written and read for MB/s")
+      ->check(CLI::Range(1, 1000))->capture_default_str();
+  benchCkpt->add_option("--dir", cb.dir, "Scratch directory (removed at the end)")->capture_default_str();
+  benchCkpt->add_option("--json", cb.jsonPath, "Also write the results as JSON");
+
   CLI::App* benchPushPull = bench->add_subcommand(
       "pushpull", "Push+pull per step vs MPI_Allreduce of the same size (run under mpirun)");
   benchPushPull->add_option("--servers", pb.servers, "Server ranks (the rest are workers)")
@@ -232,6 +249,10 @@ int main(int argc, char** argv) {
     }
     if (inspect->parsed()) return runInspect(inspectFiles);
     if (benchPushPull->parsed()) return phx::apps::runPushPullBench(pb);
+    if (benchCkpt->parsed()) {
+      phx::kernels::parseModelSpec(cb.model);
+      return phx::apps::runCheckpointBench(cb);
+    }
     if (benchKernels->parsed()) {
       for (const auto& m : kb.models) phx::kernels::parseModelSpec(m);
       return phx::apps::runKernelBench(kb);

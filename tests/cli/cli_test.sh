@@ -41,6 +41,17 @@ expect_fail corrupt-data "train-images-idx3-ubyte.gz" train --data-dir "$TMP/bro
 expect_fail no-subcommand "subcommand" 
 expect_fail unwritable-metrics "cannot write --metrics" train --steps 1 --metrics /nonexistent/dir/m.csv
 
+# phoenix bench checkpoint: a tiny run writes, reads back and times the three modes.
+if timeout 120 "$PHX" bench checkpoint --model mlp --steps 20 --every 10 --rounds 1 --io-repeats 1 \
+     --dir "$TMP/bck" --json "$TMP/bck.json" > "$TMP/bck.txt" 2>&1; then
+  /usr/bin/python3 -c "import json,sys; j=json.load(open('$TMP/bck.json')); sys.exit(0 if j['write_mb_s'] > 0 and j['read_mb_s'] > 0 and j['sync']['blocked_ms_per_snapshot'] > 0 and j['async']['ms_per_step'] > 0 else 1)" \
+    && ok || bad "bench checkpoint json: $(cat "$TMP/bck.json")"
+  [ ! -e "$TMP/bck" ] && ok || bad "bench checkpoint left its scratch directory"
+else
+  bad "bench checkpoint: $(tail -5 "$TMP/bck.txt")"
+fi
+expect_fail bench-ckpt-args "--every" bench checkpoint --every 50 --steps 10
+
 if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   if timeout 300 "$PHX" train --steps 300 --threads 1 --eval-every 150 --metrics "$TMP/m.csv" \
        --summary "$TMP/s.json" > "$TMP/out.txt" 2>&1; then
