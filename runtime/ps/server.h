@@ -150,8 +150,8 @@ class Server {
   void handlePull(const transport::Header& h, int src);
   void handleDone(const transport::Header& h, int src);
   void apply(const float* grad, int64_t baseVersion);
-  void applyWith(const float* grad, int64_t baseVersion, const kernels::SgdParams& p,
-                 bool plainStep);
+  // Applies one update with these SGD parameters (chain: forwarded with them).
+  void applyWith(const float* grad, int64_t baseVersion, const kernels::SgdParams& p);
   void awaitSend(transport::SendId id);
   void closeRound();
   void serveDeferred();

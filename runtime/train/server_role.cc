@@ -136,29 +136,24 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
     if (head >= 0) srv->setChain(head, v.successorOf(shard, me));
   };
 
-  bool tookOverLogged = false;
+  // Tells the chief at once when the shard applies updates again after a takeover (this
+  // server may die too before the end-of-run counters).
   auto sendEvent = [&] {
     if (!takeover || eventSent || srv->firstApplyAfterResync() <= 0) return;
-    {
-      eventSent = true;
-      // Tell the chief at once (this server may die too before the end-of-run counters).
-      const double nowSteady =
-          std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-      const double ev[5] = {static_cast<double>(shard), static_cast<double>(sinceEpoch),
-                            recovery::unixNow() - (nowSteady - srv->firstApplyAfterResync()),
-                            srv->rejoinBase() >= 0 ? static_cast<double>(srv->rejoinBase()) : rs.restoredVersion,
-                            static_cast<double>(srv->stats().bufferedApplied)};
-      Header eh;
-      eh.type = MsgType::kEvent;
-      eh.shard = shard;
-      eh.bytes = sizeof ev;
-      t.waitSend(t.send(layout.chiefRank(), eh, ev), cfg.peerTimeoutS);
-      if (!tookOverLogged) {
-        tookOverLogged = true;
-        log::info("shard ", shard, " applies updates again on rank ", t.rank(), " (version ",
-                  srv->stats().version, ")");
-      }
-    }
+    eventSent = true;
+    const double nowSteady =
+        std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+    const double ev[5] = {static_cast<double>(shard), static_cast<double>(sinceEpoch),
+                          recovery::unixNow() - (nowSteady - srv->firstApplyAfterResync()),
+                          srv->rejoinBase() >= 0 ? static_cast<double>(srv->rejoinBase()) : rs.restoredVersion,
+                          static_cast<double>(srv->stats().bufferedApplied)};
+    Header eh;
+    eh.type = MsgType::kEvent;
+    eh.shard = shard;
+    eh.bytes = sizeof ev;
+    t.waitSend(t.send(layout.chiefRank(), eh, ev), cfg.peerTimeoutS);
+    log::info("shard ", shard, " applies updates again on rank ", t.rank(), " (version ",
+              srv->stats().version, ")");
   };
   opt.tick = [&] {
     if (ft.changed()) opt.onViewChanged();

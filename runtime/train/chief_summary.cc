@@ -1,0 +1,213 @@
+// The chief worker's end of a run: every shard's final weights, every rank's counters, the
+// failures of the final view with their recovery events, the final evaluation and the summary.
+#include "runtime/train/worker_loop.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+#include "runtime/core/log.h"
+#include "runtime/sync/sync_policy.h"
+
+namespace phx::train {
+
+using transport::Header;
+using transport::MsgType;
+
+TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double lastTrainLoss) {
+  // The final weights: every shard sends its slice once all clients are done, so the final
+  // evaluation sees every update, also those of workers that finished after the chief.
+  const auto ranges = ps::splitKeys(static_cast<int64_t>(n_), layout_.servers());
+  int64_t updates = -1, gradientsApplied = -1;
+  for (int i = 0; i < layout_.servers(); ++i) {
+    Header h;
+    int src = -1;
+    for (;;) {
+      try {
+        t_.waitHeader(MsgType::kFinal, &h, &src, cfg_.peerTimeoutS, "the final weights");
+        break;
+      } catch (const transport::ViewChanged&) {
+        const recovery::View v = ft_.accept();
+        noteFailures(v);
+        // A shard that moved after training ended: its new server hears every client's
+        // "done" again (idle leaders re-send it) and sends the final weights instead.
+        client_.refreshNow();
+        for (int sh = 0; sh < layout_.servers(); ++sh)
+          if (v.shardRank[sh] < 0)
+            throw transport::PeerFailure(
+                {client_.serverRankOf(sh)}, v.epoch,
+                detail::concat("the server of shard ", sh, " died after training ended, before it sent "
+                               "the final weights, and no spare or replica is left; the newest "
+                               "snapshot is in ", cfg_.checkpointDir));
+      }
+    }
+    PHX_ENFORCE(h.shard >= 0 && h.shard < layout_.servers() && h.offset == ranges[h.shard].lo &&
+                    h.bytes == ranges[h.shard].size() * 4,
+                "bad final-weights message from rank ", src);
+    t_.recvPayload(src, MsgType::kFinal, paramBuf() + h.offset, h.bytes, cfg_.peerTimeoutS);
+    if (h.shard == 0) {
+      updates = h.version;
+      gradientsApplied = static_cast<int64_t>(h.value);
+    }
+  }
+  uploadParams();
+  // Every other rank's counters.
+  std::vector<RankStats> all;
+  RankStats mine;
+  mine.rank = t_.rank();
+  mine.samples = static_cast<double>(samples);
+  mine.seconds = trainSeconds;
+  mine.cpuSeconds = cpuSeconds();
+  mine.bytesIn = client_.bytesReceived();
+  mine.bytesOut = client_.bytesSent();
+  mine.pushesAcked = static_cast<double>(client_.acknowledged());
+  mine.buffered = static_cast<double>(client_.buffered());
+  mine.overflow = static_cast<double>(client_.overflow());
+  all.push_back(mine);
+  recovery::View finalView;
+  int expect = layout_.servers() + layout_.workers() - 1;
+  if (ft_.det) {
+    if (ft_.changed()) client_.refreshNow();
+    finalView = ft_.det->view();
+    noteFailures(finalView);
+    expect = 0;
+    for (int sh = 0; sh < layout_.servers(); ++sh) expect += finalView.shardRank[sh] >= 0 ? 1 : 0;
+    for (int w = 1; w < layout_.workers(); ++w) expect += finalView.isAlive(layout_.workerRank(w)) ? 1 : 0;
+  }
+  for (int i = 0; i < expect; ++i) {
+    Header h;
+    int src = -1;
+    t_.waitHeader(MsgType::kStats, &h, &src, cfg_.peerTimeoutS, "end-of-run counters");
+    RankStats s;
+    PHX_ENFORCE(h.bytes == sizeof s, "stats message of ", h.bytes, " bytes from rank ", src);
+    t_.recvPayload(src, MsgType::kStats, &s, sizeof s, cfg_.peerTimeoutS);
+    all.push_back(s);
+  }
+  // Group leaders wait for this (see run()); then replicas and spares still idle.
+  if (ft_.det)
+    for (int g = 1; g < layout_.groups(); ++g) {
+      const int r = layout_.workerRank(layout_.leaderOf(g));
+      if (!finalView.isAlive(r)) continue;
+      Header h;
+      h.type = MsgType::kDone;
+      t_.waitSend(t_.send(r, h, nullptr), cfg_.peerTimeoutS);
+    }
+  // Replicas and spares still idle: release them.
+  for (int r = layout_.servers(); r < layout_.firstWorkerRank(); ++r) {
+    if (ft_.det && (!finalView.isAlive(r) || finalView.shardOf(r) >= 0)) continue;
+    Header h;
+    h.type = MsgType::kDone;
+    t_.waitSend(t_.send(r, h, nullptr), cfg_.peerTimeoutS);
+  }
+
+  const EvalResult e = evaluate(model_, fm_.test, cfg_.evalBatch);
+  TrainResult res;
+  res.finalTestLoss = e.loss;
+  res.finalTrainLoss = lastTrainLoss;
+  Summary& s = res.summary;
+  double totalSamples = 0, rejected = 0, maxLead = 0, maxStale = 0;
+  std::string ranks = "[";
+  for (const RankStats& r : all) {
+    if (r.isServer) {
+      rejected += r.rejected;
+      maxLead = std::max(maxLead, r.maxLead);
+      maxStale = std::max(maxStale, r.maxStaleness);
+    } else {
+      totalSamples += r.samples;
+    }
+    char row[320];
+    std::snprintf(row, sizeof row,
+                  "%s{\"rank\": %d, \"role\": \"%s\", \"cpu_seconds\": %.3f, \"wall_seconds\": "
+                  "%.3f, \"samples\": %.0f, \"updates\": %.0f, \"bytes_in\": %.0f, \"bytes_out\": %.0f}",
+                  ranks.size() > 1 ? ", " : "", static_cast<int>(r.rank),
+                  r.isServer ? "server" : "worker", r.cpuSeconds, r.seconds, r.samples,
+                  r.version, r.bytesIn, r.bytesOut);
+    ranks += row;
+  }
+  ranks += "]";
+  s.finalTestAccuracy = e.accuracy;
+  s.steps = plan(cfg_, fm_.train, layout_.workers()).totalSteps;
+  s.samplesPerS = totalSamples / std::max(1e-9, trainSeconds);
+  s.updatesApplied = updates;
+  s.updatesLost = 0;
+  if (ft_.det) pollEvents();
+  const int64_t perStep = sync::makePolicy(cfg_.sync, cfg_.staleness)->roundBased() ? 1 : layout_.groups();
+  for (const recovery::FailureRecord& f : finalView.failures) {
+    FailureRecord o;
+    o.rank = f.rank;
+    o.role = ps::roleName(static_cast<ps::Role>(f.role));
+    o.shard = f.shard;
+    o.replacedBy = f.replacedBy;
+    o.epoch = f.epoch;
+    o.killTimeKnown = f.killUnix > 0;
+    const double from = f.killUnix > 0 ? f.killUnix : f.lastHeardUnix;
+    o.detectedMs = std::round((f.detectedUnix - from) * 1000.0);
+    if (f.shard >= 0) {
+      for (const Recovered& rc : recovered_)
+        if (rc.shard == f.shard && rc.epoch == f.epoch) {
+          o.recoveredMs = std::round((rc.firstApplyUnix - from) * 1000.0);
+          for (const auto& m : client_.moves())
+            if (m.shard == f.shard && m.epoch == f.epoch && rc.restoredVersion >= 0)
+              o.updatesLost = std::max<int64_t>(0, m.lastVersion - static_cast<int64_t>(rc.restoredVersion));
+          o.rolledBackSteps = o.updatesLost / perStep;
+          o.bufferedUpdatesApplied = static_cast<int64_t>(rc.bufferedApplied);
+        }
+    }
+    s.updatesLost += o.updatesLost;
+    s.failures.push_back(o);
+  }
+  double snapshots = 0, ckptSeconds = 0, acked = 0, buffered = 0, overflow = 0, duplicates = 0;
+  for (const RankStats& r : all) {
+    snapshots += r.snapshotsWritten;
+    ckptSeconds += r.checkpointSeconds;
+    acked += r.pushesAcked;
+    buffered += r.buffered;
+    overflow += r.overflow;
+    if (r.isServer && r.index == 0) duplicates += r.duplicates;
+  }
+  // The counter invariant (docs/recovery.md): every push to shard 0 that a worker saw
+  // acknowledged (or handed over in a backlog) is in the final state, unless a checkpoint
+  // restore rolled it back. Exact while every worker lives (a dead one's pushes are in the
+  // state but not in the acknowledged sum).
+  bool workerDied = false;
+  for (const recovery::FailureRecord& f : finalView.failures)
+    workerDied = workerDied || layout_.roleOf(f.rank) == ps::Role::kWorker;
+  const int64_t ackedLost = workerDied || gradientsApplied < 0
+                               ? -1
+                               : std::max<int64_t>(0, static_cast<int64_t>(acked) - gradientsApplied);
+  s.extra = {{"model", jsonString(cfg_.model)},
+             {"parameters", std::to_string(n_)},
+             {"device", jsonString(be_->describe())},
+             {"batch", std::to_string(cfg_.batch)},
+             {"samples", detail::concat(static_cast<int64_t>(totalSamples))},
+             {"train_seconds", std::to_string(trainSeconds)},
+             {"final_train_loss", std::to_string(lastTrainLoss)},
+             {"final_test_loss", std::to_string(e.loss)},
+             {"workers", std::to_string(layout_.workers())},
+             {"servers", std::to_string(layout_.servers())},
+             {"group_size", std::to_string(layout_.groupSize())},
+             {"sync", jsonString(cfg_.sync)},
+             {"staleness", std::to_string(cfg_.staleness)},
+             {"aggregate", jsonString(cfg_.aggregate)},
+             {"messages_rejected", detail::concat(static_cast<int64_t>(rejected))},
+             {"max_clock_lead", detail::concat(static_cast<int64_t>(maxLead))},
+             {"max_staleness", detail::concat(static_cast<int64_t>(maxStale))},
+             {"recovery", jsonString(ft_.mode)},
+             {"snapshots_written", detail::concat(static_cast<int64_t>(snapshots))},
+             {"checkpoint_blocking_seconds", std::to_string(ckptSeconds)},
+             {"resends", detail::concat(client_.resends())},
+             {"pushes_acknowledged", detail::concat(static_cast<int64_t>(acked))},
+             {"gradients_applied", detail::concat(gradientsApplied)},
+             {"acknowledged_pushes_lost", detail::concat(ackedLost)},
+             {"duplicate_pushes", detail::concat(static_cast<int64_t>(duplicates))},
+             {"buffered_updates", detail::concat(static_cast<int64_t>(buffered))},
+             {"buffer_overflow", detail::concat(static_cast<int64_t>(overflow))},
+             {"ranks", ranks}};
+  if (!cfg_.summaryPath.empty()) writeFileAtomic(cfg_.summaryPath, s.toJson());
+  log::info("done: ", s.steps, " steps per worker in ", fmtDuration(trainSeconds), ", ",
+            static_cast<int64_t>(s.samplesPerS), " samples/s over ", layout_.workers(),
+            " workers, ", updates, " updates, test accuracy ", e.accuracy * 100.0, " %");
+  return res;
+}
+
+}  // namespace phx::train

@@ -1,0 +1,88 @@
+// Internal to runtime/train: the worker role of a parameter-server job (dist_trainer.cc: the
+// training loop and the exchange with the servers; chief_summary.cc: the chief's end of run,
+// final weights, counters and the summary). Not a public interface: dist_trainer.h is.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "kernels/model.h"
+#include "recovery/view.h"
+#include "runtime/train/dist_trainer.h"
+#include "runtime/train/roles.h"
+
+namespace phx::train {
+
+using transport::Header;
+using transport::MsgType;
+
+class WorkerLoop {
+ public:
+  WorkerLoop(const Config& cfg, transport::Transport& t, const ps::RoleLayout& layout,
+             const data::FashionMnist& fm, FtContext& ft)
+      : cfg_(cfg), t_(t), layout_(layout), fm_(fm), ft_(ft), w_(layout.workerIndex(t.rank())),
+        group_(layout.groupOf(w_)), leader_(layout.leaderOf(group_)), chief_(w_ == 0),
+        be_(kernels::makeBackend(cfg.device, workerThreads(cfg.threads, ranksOnNode(t)))),
+        model_(*be_, kernels::parseModelSpec(cfg.model),
+               std::max(cfg.batch, chief_ ? cfg.evalBatch : 1)),
+        n_(model_.paramCount()),
+        client_(t, layout, ps::splitKeys(static_cast<int64_t>(n_), layout.servers()), group_, 0,
+                cfg.peerTimeoutS) {
+    // CPU workers exchange straight from the model's buffers; GPU workers stage through host.
+    if (be_->kind() != kernels::DeviceKind::kCpu) {
+      hostParams_.resize(n_);
+      hostGrads_.resize(n_);
+    }
+    if (isLeader() && layout_.groupEnd(group_) - leader_ > 1) recv_.resize(n_);
+    if (ft_.det)
+      client_.setRefresh([this] { return onViewChange(); });
+    if (ft_.det && isLeader() && (ft_.mode == "stateless" || ft_.mode == "hybrid"))
+      client_.setStateless(paramBuf(), cfg.statelessBuffer, cfg.backlogRule == "staleness");
+  }
+
+  TrainResult run();
+
+ private:
+  bool isLeader() const { return w_ == leader_; }
+  float* paramBuf() { return hostParams_.empty() ? model_.params() : hostParams_.data(); }
+  float* gradBuf() { return hostGrads_.empty() ? model_.grads() : hostGrads_.data(); }
+  void uploadParams() {
+    if (!hostParams_.empty()) be_->copyToDevice(model_.params(), hostParams_.data(), n_ * 4);
+  }
+  void exchange(int64_t clock, double loss);  // push gradient of clock, get weights of clock+1
+  void initialWeights();
+  void shareWeights(int64_t clock);
+  TrainResult finishChief(double trainSeconds, int64_t samples, double lastTrainLoss);
+  ps::Directory onViewChange();
+  // waitHeader that follows view changes (re-targeting the client) instead of failing.
+  void waitFor(MsgType type, Header* h, int* src, const std::string& what);
+  std::string eventText(const std::string& base);
+  void noteFailures(const recovery::View& v);
+  size_t failuresSeen_ = 0;
+  struct Recovered {
+    int shard, epoch;
+    double firstApplyUnix, restoredVersion, bufferedApplied;
+  };
+  std::vector<Recovered> recovered_;
+  void pollEvents();
+  int64_t startStep_ = 0;
+  int64_t totalSteps_ = 0;
+  std::vector<std::string> events_;
+
+  const Config& cfg_;
+  transport::Transport& t_;
+  const ps::RoleLayout& layout_;
+  const data::FashionMnist& fm_;
+  FtContext& ft_;
+  int w_, group_, leader_;
+  bool chief_;
+  std::unique_ptr<kernels::Backend> be_;
+  kernels::Model model_;
+  size_t n_;
+  ps::PsClient client_;
+  std::vector<float> hostParams_, hostGrads_, recv_;
+};
+
+}  // namespace phx::train
