@@ -58,11 +58,12 @@ bench-torch: build
 bench-runtime: build
 	apps/scripts/bench_runtime.sh $(PHX)
 
-# Detection and recovery times of every recovery mode (docs/recovery.md): 5 real kills per mode,
-# under ASP and BSP.
+# Detection and recovery times of every recovery mode (docs/recovery.md): 10 real kills per
+# mode, under ASP and BSP; and the cost of checkpoints.
 bench-recovery: build
-	apps/scripts/bench_recovery.sh $(PHX) 5 asp
-	apps/scripts/bench_recovery.sh $(PHX) 5 bsp
+	$(PHX) bench recovery --kills 10 --sync asp --dir $(BUILD)/bench-recovery
+	$(PHX) bench recovery --kills 10 --sync bsp --dir $(BUILD)/bench-recovery
+	$(PHX) bench checkpoint
 
 # The accuracy figures of docs/perf.md (paper settings and Phoenix defaults).
 accuracy: build

@@ -7,6 +7,7 @@
 
 #include "apps/phoenix/bench_checkpoint.h"
 #include "apps/phoenix/bench_kernels.h"
+#include "apps/phoenix/bench_recovery.h"
 #include "apps/phoenix/bench_pushpull.h"
 #include "apps/phoenix/mpi_main.h"
 #include "phx_config.h"
@@ -223,6 +224,26 @@ int main(int argc, char** argv) {
   benchCkpt->add_option("--dir", cb.dir, "Scratch directory (removed at the end)")->capture_default_str();
   benchCkpt->add_option("--json", cb.jsonPath, "Also write the results as JSON");
 
+  phx::apps::RecoveryBenchOptions rb;
+  CLI::App* benchRec = bench->add_subcommand(
+      "recovery", "Detection and recovery times per recovery mode over real kills (mpirun jobs)");
+  benchRec->add_option("--modes", rb.modes,
+                       "checkpoint-sync, checkpoint-async, chain-sync, chain-async, stateless, hybrid")
+      ->delimiter(',')->capture_default_str();
+  benchRec->add_option("--sync", rb.sync, "Training mode of the jobs")
+      ->check(CLI::IsMember({"bsp", "asp", "ssp"}))->capture_default_str();
+  benchRec->add_option("--kills", rb.kills, "Jobs (one kill each) per mode")->check(CLI::Range(1, 10000))->capture_default_str();
+  benchRec->add_option("--ranks", rb.ranks, "Ranks per job (mpirun -n)")->check(CLI::Range(4, 4096))->capture_default_str();
+  benchRec->add_option("--model", rb.model, "Model trained")->capture_default_str();
+  benchRec->add_option("--steps", rb.steps, "Steps per job (the kill comes in the 2nd-3rd fifth)")
+      ->check(CLI::Range(20, 100000000))->capture_default_str();
+  benchRec->add_option("--mpirun", rb.mpirun, "Launcher command (must let survivors live)")->capture_default_str();
+  benchRec->add_option("--timeout", rb.timeoutS, "Seconds per job before it is killed")
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  benchRec->add_option("--seed", rb.seed, "Seed of the kill steps")->capture_default_str();
+  benchRec->add_option("--dir", rb.dir, "Where the jobs' logs and summaries go")->capture_default_str();
+  benchRec->add_option("--json", rb.jsonPath, "Also write the results as JSON");
+
   CLI::App* benchPushPull = bench->add_subcommand(
       "pushpull", "Push+pull per step vs MPI_Allreduce of the same size (run under mpirun)");
   benchPushPull->add_option("--servers", pb.servers, "Server ranks (the rest are workers)")
@@ -249,6 +270,10 @@ int main(int argc, char** argv) {
     }
     if (inspect->parsed()) return runInspect(inspectFiles);
     if (benchPushPull->parsed()) return phx::apps::runPushPullBench(pb);
+    if (benchRec->parsed()) {
+      phx::kernels::parseModelSpec(rb.model);
+      return phx::apps::runRecoveryBench(rb);
+    }
     if (benchCkpt->parsed()) {
       phx::kernels::parseModelSpec(cb.model);
       return phx::apps::runCheckpointBench(cb);

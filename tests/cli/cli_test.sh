@@ -51,6 +51,7 @@ else
   bad "bench checkpoint: $(tail -5 "$TMP/bck.txt")"
 fi
 expect_fail bench-ckpt-args "--every" bench checkpoint --every 50 --steps 10
+expect_fail bench-recovery-mode "mode 'raft' is not known" bench recovery --modes raft
 
 if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   if timeout 300 "$PHX" train --steps 300 --threads 1 --eval-every 150 --metrics "$TMP/m.csv" \

@@ -119,8 +119,10 @@ job worker-kill 5 --servers 1 --kill-worker 30 &&
 
 # 4. From outside, by PID: kill -9 of the server, and SIGSTOP of the server (a freeze).
 external() {
-  local name=$1 sig=$2
-  ( timeout 120 "${MPIRUN[@]}" -n 6 "$PHX" train "${COMMON[@]}" --recovery checkpoint --steps 1500 --log-level debug \
+  local name=$1 sig=$2; shift 2
+  local rec=(--recovery checkpoint)
+  [ $# -gt 0 ] && rec=("$@")
+  ( timeout 120 "${MPIRUN[@]}" -n 6 "$PHX" train "${COMMON[@]}" "${rec[@]}" --steps 1500 --log-level debug \
       --servers 1 --spares 1 --checkpoint-dir "$TMP/$name.ckpt" --summary "$TMP/$name.json" \
       > "$TMP/$name.log" 2>&1 ) &
   local runner=$! pid="" i
@@ -134,7 +136,7 @@ external() {
   if [ "$sig" = STOP ]; then
     # Let the job notice and go on without it, then let the frozen rank resume: it must find
     # itself excluded and leave on its own.
-    for i in $(seq 1 100); do grep -q "takes over shard 0" "$TMP/$name.log" && break; sleep 0.1; done
+    for i in $(seq 1 100); do grep -q "takes over shard 0\|promoted to head of shard 0" "$TMP/$name.log" && break; sleep 0.1; done
     sleep 1
     kill -s CONT "$pid" 2>/dev/null
   fi
@@ -149,6 +151,10 @@ external() {
 }
 external ext-kill KILL
 external ext-stop STOP
+# The same freeze of a chain head: the backup is promoted; the resumed old head, fenced, must
+# not disturb the chain (no acknowledged push lost).
+external ext-stop-chain STOP --recovery chain --replicas 1 &&
+  check ext-stop-chain "s['acknowledged_pushes_lost'] == 0"
 
 # 5. A kill in the middle of a snapshot write (test hook: the .tmp is half written, no rename,
 #    no marker): the replacement restores the previous valid snapshot.
@@ -191,6 +197,15 @@ snap=$(ls "$TMP"/first.ckpt/shard0/snap-*.h5 | tail -1)
 truncate -s 1000 "$snap"
 out=$("$PHX" inspect "$snap" 2>&1); rc=$?
 if [ $rc -eq 2 ] && echo "$out" | grep -q "truncated"; then ok; else bad "inspect truncated: rc $rc: $out"; fi
+
+# 10. phoenix bench recovery: one real kill, timed, from the summary.
+if timeout 120 "$PHX" bench recovery --kills 1 --modes chain-sync --steps 60 --dir "$TMP/brec" \
+     --json "$TMP/brec.json" > "$TMP/brec.txt" 2>&1 &&
+   /usr/bin/python3 -c "import json,sys; j=json.load(open('$TMP/brec.json'))[0]; sys.exit(0 if j['kills'] == 1 and j['failed_jobs'] == 0 and 0 < j['detected_ms_median'] <= 1500 and j['recovered_ms_median'] >= j['detected_ms_median'] and j['acknowledged_pushes_lost_max'] == 0 else 1)"; then
+  ok
+else
+  bad "bench recovery: $(cat "$TMP/brec.txt" "$TMP/brec.json" 2>/dev/null | tail -5)"
+fi
 
 echo "fault tests: $pass passed, $fail failed"
 [ $fail -eq 0 ]

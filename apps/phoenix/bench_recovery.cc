@@ -1,0 +1,150 @@
+#include "apps/phoenix/bench_recovery.h"
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <regex>
+#include <sstream>
+#include <thread>
+
+#include "runtime/core/error.h"
+#include "runtime/core/metrics.h"
+
+namespace phx::apps {
+
+namespace {
+
+// Runs `cmd` through /bin/sh in its own process group; kills the group by its id after
+// timeoutS. Returns the exit status (-1: timed out).
+int runBounded(const std::string& cmd, double timeoutS) {
+  const pid_t pid = fork();
+  PHX_ENFORCE(pid >= 0, "fork failed");
+  if (pid == 0) {
+    setpgid(0, 0);
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  setpgid(pid, pid);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeoutS);
+  int status = 0;
+  for (;;) {
+    const pid_t r = waitpid(pid, &status, WNOHANG);
+    if (r == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    if (std::chrono::steady_clock::now() > deadline) {
+      kill(-pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      return -1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
+std::vector<double> numbersOf(const std::string& text, const std::string& key) {
+  std::vector<double> out;
+  const std::regex re("\"" + key + "\": (-?[0-9.]+)");
+  for (auto it = std::sregex_iterator(text.begin(), text.end(), re); it != std::sregex_iterator(); ++it)
+    out.push_back(std::stod((*it)[1].str()));
+  return out;
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return NAN;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+std::string modeFlags(const std::string& mode) {
+  if (mode == "checkpoint-sync") return "--recovery checkpoint --checkpoint-mode sync --checkpoint-every 10";
+  if (mode == "checkpoint-async") return "--recovery checkpoint --checkpoint-mode async --checkpoint-every 10";
+  if (mode == "chain-sync") return "--recovery chain --chain-mode sync --replicas 1";
+  if (mode == "chain-async") return "--recovery chain --chain-mode async --replicate-every 10 --replicas 1";
+  if (mode == "stateless") return "--recovery stateless --checkpoint-every 10";
+  if (mode == "hybrid") return "--recovery hybrid --replicas 1";
+  PHX_USER_ERROR("phoenix bench recovery: mode '", mode,
+                 "' is not known (accepted: checkpoint-sync, checkpoint-async, chain-sync, "
+                 "chain-async, stateless, hybrid)");
+}
+
+}  // namespace
+
+int runRecoveryBench(const RecoveryBenchOptions& opt) {
+  for (const auto& m : opt.modes) modeFlags(m);
+  if (opt.kills < 1 || opt.steps < 20)
+    PHX_USER_ERROR("phoenix bench recovery: --kills must be >= 1 and --steps >= 20");
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::create_directories(opt.dir, ec);
+  if (ec) PHX_USER_ERROR("phoenix bench recovery: cannot create --dir ", opt.dir, ": ", ec.message());
+  const std::string self = fs::read_symlink("/proc/self/exe", ec).string();
+  PHX_ENFORCE(!ec, "cannot find this executable");
+  std::mt19937_64 rng(opt.seed);
+  std::printf("%-17s %5s %5s %24s %24s %10s %9s\n", "mode", "sync", "kills", "detect ms med (range)",
+              "recover ms med (range)", "lost max", "acc med");
+  std::string json = "[";
+  for (const std::string& mode : opt.modes) {
+    std::vector<double> det, rec, lost, acc;
+    int failedJobs = 0;
+    for (int k = 0; k < opt.kills; ++k) {
+      const int at = opt.steps / 5 + static_cast<int>(rng() % static_cast<uint64_t>(2 * opt.steps / 5));
+      const std::string base = detail::concat(opt.dir, "/", mode, "-", opt.sync, "-", k);
+      fs::remove_all(base + ".ckpt", ec);
+      fs::remove(base + ".json", ec);
+      const std::string cmd = detail::concat(
+          opt.mpirun, " -n ", opt.ranks, " ", self, " train --model ", opt.model, " --steps ",
+          opt.steps, " --threads 1 --eval-every 0 --log-level warn --sync ", opt.sync,
+          " --servers 1 --spares 1 ", modeFlags(mode), " --kill-server ", at,
+          " --checkpoint-dir ", base, ".ckpt --summary ", base, ".json > ", base, ".log 2>&1");
+      const int rc = runBounded(cmd, opt.timeoutS);
+      std::ifstream in(base + ".json");
+      std::stringstream ss;
+      ss << in.rdbuf();
+      const std::string s = ss.str();
+      const auto d = numbersOf(s, "detected_ms"), r = numbersOf(s, "recovered_ms");
+      if (rc != 0 || s.empty() || d.empty() || r.empty() || r[0] <= 0) {
+        ++failedJobs;
+        std::fprintf(stderr, "bench recovery: %s job %d did not recover (rc %d); see %s.log\n",
+                     mode.c_str(), k, rc, base.c_str());
+        continue;
+      }
+      det.push_back(d[0]);
+      rec.push_back(r[0]);
+      const auto l = numbersOf(s, "acknowledged_pushes_lost");
+      const auto a = numbersOf(s, "final_test_accuracy");
+      if (!l.empty()) lost.push_back(l[0]);
+      if (!a.empty()) acc.push_back(a[0]);
+      fs::remove_all(base + ".ckpt", ec);
+    }
+    auto range = [](const std::vector<double>& v) {
+      if (v.empty()) return std::string("-");
+      return detail::concat(static_cast<int64_t>(*std::min_element(v.begin(), v.end())), "-",
+                            static_cast<int64_t>(*std::max_element(v.begin(), v.end())));
+    };
+    const double lostMax = lost.empty() ? -1 : *std::max_element(lost.begin(), lost.end());
+    std::printf("%-17s %5s %5zu %10.0f (%11s) %10.0f (%11s) %10.0f %8.2f%%\n", mode.c_str(),
+                opt.sync.c_str(), det.size(), median(det), range(det).c_str(), median(rec),
+                range(rec).c_str(), lostMax, 100.0 * median(acc));
+    std::fflush(stdout);
+    char row[400];
+    std::snprintf(row, sizeof row,
+                  "%s\n  {\"mode\": \"%s\", \"sync\": \"%s\", \"kills\": %zu, \"failed_jobs\": %d, "
+                  "\"detected_ms_median\": %.1f, \"recovered_ms_median\": %.1f, "
+                  "\"acknowledged_pushes_lost_max\": %.0f, \"accuracy_median\": %.4f}",
+                  json.size() > 1 ? "," : "", mode.c_str(), opt.sync.c_str(), det.size(), failedJobs,
+                  median(det), median(rec), lostMax, median(acc));
+    json += row;
+  }
+  json += "\n]\n";
+  if (!opt.jsonPath.empty()) writeFileAtomic(opt.jsonPath, json);
+  return 0;
+}
+
+}  // namespace phx::apps

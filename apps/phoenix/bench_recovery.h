@@ -1,0 +1,30 @@
+// `phoenix bench recovery`: detection and recovery times per recovery mode, over real kills.
+// Each kill is a whole mpirun job (launched from this process, bounded by a timeout, stopped by
+// its process group id) whose shard-0 server SIGKILLs itself at a seeded random step; the
+// job's summary JSON gives detected_ms (kill -> declared dead) and recovered_ms (kill -> first
+// update applied by the new server). Medians and ranges per mode.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace phx::apps {
+
+struct RecoveryBenchOptions {
+  std::vector<std::string> modes{"checkpoint-sync", "checkpoint-async", "chain-sync",
+                                 "chain-async",     "stateless",        "hybrid"};
+  std::string sync = "asp";
+  int kills = 10;        // jobs (one kill each) per mode
+  int ranks = 7;         // mpirun -n
+  std::string model = "mlp";
+  int steps = 150;
+  std::string mpirun = "mpirun --oversubscribe --bind-to none --enable-recovery";
+  double timeoutS = 180;  // per job
+  uint64_t seed = 7;
+  std::string dir = "phoenix-bench-recovery";
+  std::string jsonPath;
+};
+
+int runRecoveryBench(const RecoveryBenchOptions& opt);
+
+}  // namespace phx::apps
