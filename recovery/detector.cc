@@ -178,6 +178,10 @@ void FailureDetector::tick() {
   Header h;
   int src = -1;
   View cur = view();
+  // The second source: ranks the MPI library reports failed (ULFM) count as silent for the
+  // whole timeout already, so the coordinator (or the successor of a dead one) acts now.
+  for (int r : t_.reportedFailures())
+    if (r >= 0 && r < static_cast<int>(lastHeard_.size()) && r != me_) lastHeard_[r] = now - 2 * opt_.timeoutS;
   while (t_.poll(MsgType::kHeartbeat, &h, &src)) {
     if (!cur.isAlive(src)) {
       if (h.epoch < cur.epoch) sendView(src, cur);  // fence a resumed, excluded rank

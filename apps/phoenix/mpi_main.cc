@@ -9,18 +9,29 @@
 
 #include "runtime/core/error.h"
 #include "runtime/transport/mpi/mpi_transport.h"
+#include "runtime/transport/mpi/ulfm.h"
 
 namespace phx::apps {
 
 namespace {
 // MPI_Finalize after a rank died can hang (shared/infra-notes.md: 2 of 15 runs): a watchdog
 // ends the process with the right code if it does not return in time.
-void boundedFinalize(int code, double seconds) {
+// With ULFM (ulfm.h), the survivors first shrink a communicator kept for this purpose to
+// themselves and agree on the outcome there, so that MPI_Finalize does not wait on the dead.
+void boundedFinalize(int code, double seconds, MPI_Comm endComm) {
   std::thread([code, seconds] {
     std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
     std::fflush(nullptr);
     _exit(code);
   }).detach();
+  if (endComm != MPI_COMM_NULL) {
+    MPI_Comm survivors = transport::ulfm::revokeAndShrink(endComm);
+    if (survivors != MPI_COMM_NULL) {
+      if (!transport::ulfm::agree(survivors, code == 0) && code == 0)
+        std::fprintf(stderr, "phoenix: note: another surviving rank ended with an error\n");
+      MPI_Comm_free(&survivors);
+    }
+  }
   MPI_Finalize();
 }
 }  // namespace
@@ -31,6 +42,8 @@ int runUnderMpi(const std::function<void(int rank, int size)>& body) {
   int size = 1, rank = 0;
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm endComm = MPI_COMM_NULL;
+  if (transport::ulfm::kCompiled) MPI_Comm_dup(MPI_COMM_WORLD, &endComm);
   int code = 0;
   bool excluded = false;
   try {
@@ -54,7 +67,7 @@ int runUnderMpi(const std::function<void(int rank, int size)>& body) {
   // whole job at once instead of leaving the peers waiting.
   if (excluded) _exit(code);
   if (code != 0 && size > 1) MPI_Abort(MPI_COMM_WORLD, code);
-  boundedFinalize(code, 10.0);
+  boundedFinalize(code, 10.0, endComm);
   return code;
 }
 

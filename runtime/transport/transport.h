@@ -138,6 +138,10 @@ class Transport {
   // A rank declared dead: headers from it are dropped unread and sends to it are abandoned
   // (a large send to a dead rank would never complete).
   virtual void markDead(int rank) {}
+  // Ranks the communication library itself reported failed since the last call (ULFM's
+  // MPIX_ERR_PROC_FAILED; never, with MPIs that do not report failures). The failure
+  // detector declares them without waiting for the heartbeat timeout.
+  virtual std::vector<int> reportedFailures() { return {}; }
 
  private:
   std::function<void(int)> interrupt_;

@@ -156,6 +156,25 @@ external ext-stop STOP
 external ext-stop-chain STOP --recovery chain --replicas 1 &&
   check ext-stop-chain "s['acknowledged_pushes_lost'] == 0"
 
+# 4b. A dead spare: spare rank 1 is killed from outside first, then the server dies: the next
+#     spare (rank 2) takes over.
+( timeout 120 "${MPIRUN[@]}" -n 7 "$PHX" train "${COMMON[@]}" --recovery checkpoint --steps 400 --log-level debug \
+    --servers 1 --spares 2 --kill-server 250 --checkpoint-dir "$TMP/dead-spare.ckpt" \
+    --summary "$TMP/dead-spare.json" > "$TMP/dead-spare.log" 2>&1 ) &
+runner=$! spid=""
+for i in $(seq 1 200); do
+  spid=$(sed -n 's/.*rank 1 pid \([0-9]*\) role spare.*/\1/p' "$TMP/dead-spare.log" | head -1)
+  [ -n "$spid" ] && break
+  sleep 0.1
+done
+if [ -n "$spid" ]; then
+  kill -9 "$spid"
+  wait $runner
+  check dead-spare "len(f) == 2 and f[0]['rank'] == 1 and f[0]['role'] == 'spare' and f[1]['rank'] == 0 and f[1]['replaced_by'] == 2 and f[1]['recovered_ms'] > 0"
+else
+  bad "dead-spare: no spare pid in the log"; wait $runner
+fi
+
 # 5. A kill in the middle of a snapshot write (test hook: the .tmp is half written, no rename,
 #    no marker): the replacement restores the previous valid snapshot.
 export PHX_TEST_KILL_IN_CHECKPOINT=50

@@ -16,6 +16,7 @@
 #include "runtime/ps/layout.h"
 #include "runtime/ps/server.h"
 #include "runtime/train/dist_trainer.h"
+#include "recovery/detector.h"
 #include "recovery/view.h"
 #include "runtime/transport/inproc/inproc_transport.h"
 #include "tests/unit/toy_data.h"
@@ -421,6 +422,100 @@ TEST(View, ChainPromotesTheFirstBackupAndASpareJoinsTheTail) {
   const recovery::View p = recovery::View::parse(bytes.data(), bytes.size());
   EXPECT_EQ(p.backups, m.backups);
   EXPECT_EQ(p.shardRank, m.shardRank);
+}
+
+// A transport that passes everything through and lets a test play the MPI library reporting a
+// failed process (ULFM's MPIX_ERR_PROC_FAILED), the detector's second source.
+class ReportingTransport final : public transport::Transport {
+ public:
+  explicit ReportingTransport(transport::Transport& inner) : in_(inner) {}
+  int rank() const override { return in_.rank(); }
+  int size() const override { return in_.size(); }
+  transport::SendId send(int dst, const Header& h, const void* p) override { return in_.send(dst, h, p); }
+  bool sendDone(transport::SendId id) override { return in_.sendDone(id); }
+  bool poll(MsgType type, Header* h, int* src) override { return in_.poll(type, h, src); }
+  void recvPayload(int src, MsgType type, void* dst, size_t bytes, double timeoutS) override {
+    in_.recvPayload(src, type, dst, bytes, timeoutS);
+  }
+  void markDead(int r) override { in_.markDead(r); }
+  std::vector<int> reportedFailures() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<int> out;
+    out.swap(reported_);
+    return out;
+  }
+  void report(int r) {
+    std::lock_guard<std::mutex> lock(mu_);
+    reported_.push_back(r);
+  }
+
+ private:
+  transport::Transport& in_;
+  std::mutex mu_;
+  std::vector<int> reported_;
+};
+
+// Waits up to `seconds` for pred; returns the seconds it took (or a negative number).
+template <class P>
+double waitUntil(double seconds, P pred) {
+  const auto t0 = std::chrono::steady_clock::now();
+  for (;;) {
+    const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (pred()) return el;
+    if (el > seconds) return -1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
+TEST(Detector, HeartbeatsCatchASilentRankAndEveryoneInstallsTheSameView) {
+  ps::RoleLayout layout(4, 1, 0, 1, 1);  // server 0, spare 1, workers 2-3
+  InprocFabric fabric(4);
+  std::vector<std::unique_ptr<InprocTransport>> ts;
+  std::vector<std::unique_ptr<recovery::FailureDetector>> det;
+  for (int r = 0; r < 4; ++r) {
+    ts.push_back(std::make_unique<InprocTransport>(fabric, r));
+    det.push_back(std::make_unique<recovery::FailureDetector>(*ts[r], layout,
+                                                               recovery::DetectorOptions{0.01, 0.3}));
+  }
+  for (auto& d : det) d->start();
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  det[0]->haltForTest();  // the server (and coordinator) dies without a word
+  const double took = waitUntil(5.0, [&] {
+    for (int r = 1; r < 4; ++r)
+      if (det[r]->view().isAlive(0)) return false;
+    return true;
+  });
+  ASSERT_GT(took, 0.0) << "the dead coordinator was not declared";
+  EXPECT_GE(took, 0.2);  // not before the timeout
+  const recovery::View v = det[1]->view();
+  EXPECT_EQ(v.shardRank[0], 1);  // the spare takes the shard
+  ASSERT_EQ(v.failures.size(), 1u);
+  EXPECT_EQ(v.failures[0].rank, 0);
+  for (int r = 2; r < 4; ++r) {
+    EXPECT_EQ(det[r]->view().epoch, v.epoch);
+    EXPECT_EQ(det[r]->view().shardRank, v.shardRank);
+  }
+  for (int r = 1; r < 4; ++r) det[r]->leave();
+}
+
+TEST(Detector, AFailureTheLibraryReportsIsDeclaredWithoutWaitingForTheTimeout) {
+  ps::RoleLayout layout(4, 1, 0, 0, 1);
+  InprocFabric fabric(4);
+  std::vector<std::unique_ptr<InprocTransport>> ts;
+  for (int r = 0; r < 4; ++r) ts.push_back(std::make_unique<InprocTransport>(fabric, r));
+  ReportingTransport reporting(*ts[0]);
+  std::vector<std::unique_ptr<recovery::FailureDetector>> det;
+  const recovery::DetectorOptions opt{0.01, 5.0};  // heartbeats alone would take 5 s
+  det.push_back(std::make_unique<recovery::FailureDetector>(reporting, layout, opt));
+  for (int r = 1; r < 4; ++r) det.push_back(std::make_unique<recovery::FailureDetector>(*ts[r], layout, opt));
+  for (auto& d : det) d->start();
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  det[3]->haltForTest();
+  reporting.report(3);  // the coordinator's MPI says rank 3 failed
+  const double took = waitUntil(2.0, [&] { return !det[1]->view().isAlive(3); });
+  ASSERT_GT(took, 0.0) << "the reported failure was not declared within 2 s";
+  EXPECT_LT(took, 1.0);
+  for (int r = 0; r < 3; ++r) det[r]->leave();
 }
 
 }  // namespace

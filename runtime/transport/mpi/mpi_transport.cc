@@ -1,5 +1,9 @@
 #include "runtime/transport/mpi/mpi_transport.h"
 
+#include "runtime/transport/mpi/ulfm.h"
+
+#include <algorithm>
+
 #include <unistd.h>
 
 #include <chrono>
@@ -97,7 +101,8 @@ bool MpiTransport::sendDone(SendId id) {
   auto it = sends_.find(id);
   if (it == sends_.end()) return true;
   int flag = 0;
-  PHX_MPI_CHECK(MPI_Testall(2, it->second->req, &flag, MPI_STATUSES_IGNORE));
+  const int rc = MPI_Testall(2, it->second->req, &flag, MPI_STATUSES_IGNORE);
+  if (rc != MPI_SUCCESS && !failedProcess(rc)) mpiFail("MPI_Testall", rc, __FILE__, __LINE__);
   if (flag) sends_.erase(it);
   return flag != 0;
 }
@@ -106,7 +111,11 @@ bool MpiTransport::poll(MsgType type, Header* h, int* src) {
   int flag = 0;
   MPI_Message msg;
   MPI_Status st;
-  PHX_MPI_CHECK(MPI_Improbe(MPI_ANY_SOURCE, headerTag(type), comm_, &flag, &msg, &st));
+  const int rc = MPI_Improbe(MPI_ANY_SOURCE, headerTag(type), comm_, &flag, &msg, &st);
+  if (rc != MPI_SUCCESS) {
+    if (failedProcess(rc)) return false;
+    mpiFail("MPI_Improbe", rc, __FILE__, __LINE__);
+  }
   if (!flag) return false;
   if (dead_[st.MPI_SOURCE]) {
     // From a rank declared dead: drop the header; its payload (if any) stays unread.
@@ -144,7 +153,11 @@ void MpiTransport::recvPayload(int src, MsgType type, void* dst, size_t bytes, d
   for (;;) {
     int flag = 0;
     MPI_Status st;
-    PHX_MPI_CHECK(MPI_Test(&req, &flag, &st));
+    const int rc = MPI_Test(&req, &flag, &st);
+    if (rc != MPI_SUCCESS) {
+      if (!failedProcess(rc)) mpiFail("MPI_Test", rc, __FILE__, __LINE__);
+      flag = 0;
+    }
     if (!flag && dead_[src]) {
       MPI_Cancel(&req);
       MPI_Request_free(&req);
@@ -174,6 +187,19 @@ void MpiTransport::recvPayload(int src, MsgType type, void* dst, size_t bytes, d
     }
     b.pause();
   }
+}
+
+bool MpiTransport::failedProcess(int rc) {
+  if (!ulfm::isProcessFailure(rc)) return false;
+  for (int r : ulfm::failedRanks(comm_))
+    if (std::find(reported_.begin(), reported_.end(), r) == reported_.end()) reported_.push_back(r);
+  return true;
+}
+
+std::vector<int> MpiTransport::reportedFailures() {
+  std::vector<int> out;
+  out.swap(reported_);
+  return out;
 }
 
 }  // namespace phx::transport

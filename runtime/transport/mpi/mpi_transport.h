@@ -38,6 +38,7 @@ class MpiTransport final : public Transport {
   int destinationOf(SendId id) const override;
   void markDead(int rank) override;
   bool poll(MsgType type, Header* h, int* src) override;
+  std::vector<int> reportedFailures() override;
   void recvPayload(int src, MsgType type, void* dst, size_t bytes, double timeoutS) override;
 
  private:
@@ -51,6 +52,10 @@ class MpiTransport final : public Transport {
   SendId next_ = 0;
   std::unordered_map<SendId, std::unique_ptr<Slot>> sends_;
   std::vector<char> dead_;
+  // ULFM (ulfm.h): a call that failed because a process died is not an error here: the ranks
+  // the library names are kept for the detector, and the operation counts as not done yet.
+  bool failedProcess(int rc);
+  std::vector<int> reported_;
 };
 
 }  // namespace phx::transport
