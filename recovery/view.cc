@@ -28,6 +28,12 @@ int View::shardOf(int rank) const {
   return -1;
 }
 
+int View::chiefRank(const ps::RoleLayout& layout) const {
+  for (int r = layout.firstWorkerRank(); r < static_cast<int>(alive.size()); ++r)
+    if (alive[r]) return r;
+  return -1;
+}
+
 int View::backupOf(int rank) const {
   for (int s = 0; s < static_cast<int>(backups.size()); ++s)
     for (int r : backups[s])

@@ -43,6 +43,8 @@ struct View {
   int aliveCount() const;
   // The shard this rank serves in this view (-1: none).
   int shardOf(int rank) const;
+  // The chief worker: the lowest live worker rank (it evaluates, reports and ends the run).
+  int chiefRank(const ps::RoleLayout& layout) const;
   // The shard whose chain this rank is a backup in (-1: none).
   int backupOf(int rank) const;
   // The next rank down shard s's chain after `rank` (-1: rank is the tail or not in it).

@@ -8,11 +8,12 @@
 
 namespace phx {
 
-MetricsCsv::MetricsCsv(const std::string& path) {
+MetricsCsv::MetricsCsv(const std::string& path, bool append) {
   if (path.empty()) return;
-  f_ = std::fopen(path.c_str(), "w");
+  f_ = std::fopen(path.c_str(), append ? "a" : "w");
   if (!f_) PHX_USER_ERROR("cannot write --metrics file ", path, ": ", std::strerror(errno));
-  std::fprintf(f_, "time_s,step,epoch,train_loss,test_accuracy,updates_applied,event\n");
+  if (!append || std::ftell(f_) == 0)
+    std::fprintf(f_, "time_s,step,epoch,train_loss,test_accuracy,updates_applied,event\n");
   std::fflush(f_);
 }
 

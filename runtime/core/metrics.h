@@ -25,7 +25,9 @@ struct MetricsRow {
 class MetricsCsv {
  public:
   MetricsCsv() = default;
-  explicit MetricsCsv(const std::string& path);  // empty path: a no-op writer
+  // empty path: a no-op writer. append: continue a file another rank started (a chief that
+  // took over), writing the header only to a new or empty file.
+  explicit MetricsCsv(const std::string& path, bool append = false);
   ~MetricsCsv();
   MetricsCsv(const MetricsCsv&) = delete;
   MetricsCsv& operator=(const MetricsCsv&) = delete;

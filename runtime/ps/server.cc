@@ -133,7 +133,7 @@ bool Server::step() {
   auto takeDones = [&] {
     while (t_.poll(MsgType::kDone, &h, &src)) {
       any = true;
-      if (h.client < 0 && src == layout_.chiefRank()) {
+      if (h.client < 0 && src == (reportTo_ >= 0 ? reportTo_ : layout_.chiefRank())) {
         released_ = true;
         continue;
       }
@@ -339,6 +339,7 @@ void Server::waitReplies() {
 }
 
 void Server::run(int reportTo) {
+  reportTo_ = reportTo;
   transport::Backoff idle;
   while (!finished()) {
     try {
@@ -360,7 +361,11 @@ void Server::run(int reportTo) {
   fwdId_ = -1;
   for (transport::SendId id : acks_) awaitSend(id);
   acks_.clear();
-  if (reportTo < 0 || released_ || !head_) return;
+  if (reportTo_ < 0 || released_ || !head_) return;
+  sendFinal(reportTo_);
+}
+
+void Server::sendFinal(int to) {
   Header f;
   f.type = MsgType::kFinal;
   f.shard = opt_.shard;
@@ -369,7 +374,7 @@ void Server::run(int reportTo) {
   f.value = static_cast<double>(stats_.gradients);
   f.offset = opt_.range.lo;
   f.bytes = static_cast<int64_t>(w_.size() * sizeof(float));
-  inflight_.push_back(t_.send(reportTo, f, w_.data()));
+  inflight_.push_back(t_.send(to, f, w_.data()));
   waitReplies();
 }
 

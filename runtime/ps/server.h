@@ -129,6 +129,10 @@ class Server {
   bool hasState() const { return hasState_; }
   void setHasState(bool s) { hasState_ = s; }
   int64_t chainAcked() const { return chainAcked_; }
+  // Where the final weights go (the chief changes when the chief worker dies); sendFinal sends
+  // them again (to a chief that took over after they were sent).
+  void setReportTo(int rank) { reportTo_ = rank; }
+  void sendFinal(int to);
   // Ends run() without a final report (the chief released this rank).
   bool released() const { return released_; }
 
@@ -195,6 +199,7 @@ class Server {
   std::vector<int64_t> applied_;  // pushes applied per client (replicated; lost-update counts)
   // chain replication
   bool head_ = true, hasState_ = true, released_ = false;
+  int reportTo_ = -1;
   int headRank_ = -1, successor_ = -1;
   int64_t chainAcked_ = 0;
   std::vector<char> fwd_, rbuf_;

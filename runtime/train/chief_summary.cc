@@ -64,41 +64,55 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
   mine.buffered = static_cast<double>(client_.buffered());
   mine.overflow = static_cast<double>(client_.overflow());
   all.push_back(mine);
+  // Every other reporter's counters: each shard's server and every live worker. The set is
+  // that of the newest view (a rank that dies meanwhile is no longer waited for; a chief that
+  // took over gets them re-sent).
   recovery::View finalView;
-  int expect = layout_.servers() + layout_.workers() - 1;
   if (ft_.det) {
     if (ft_.changed()) client_.refreshNow();
     finalView = ft_.det->view();
     noteFailures(finalView);
-    expect = 0;
-    for (int sh = 0; sh < layout_.servers(); ++sh) expect += finalView.shardRank[sh] >= 0 ? 1 : 0;
-    for (int w = 1; w < layout_.workers(); ++w) expect += finalView.isAlive(layout_.workerRank(w)) ? 1 : 0;
   }
-  for (int i = 0; i < expect; ++i) {
+  auto expected = [&] {
+    std::vector<int> e;
+    if (!ft_.det) {
+      for (int sh = 0; sh < layout_.servers(); ++sh) e.push_back(layout_.serverRank(sh));
+      for (int w = 1; w < layout_.workers(); ++w) e.push_back(layout_.workerRank(w));
+      return e;
+    }
+    for (int sh = 0; sh < layout_.servers(); ++sh)
+      if (finalView.shardRank[sh] >= 0) e.push_back(finalView.shardRank[sh]);
+    for (int w = 0; w < layout_.workers(); ++w)
+      if (layout_.workerRank(w) != t_.rank() && finalView.isAlive(layout_.workerRank(w)))
+        e.push_back(layout_.workerRank(w));
+    return e;
+  };
+  std::vector<char> got(static_cast<size_t>(layout_.worldSize()), 0);
+  auto missing = [&] {
+    for (int r : expected())
+      if (!got[r]) return true;
+    return false;
+  };
+  while (missing()) {
     Header h;
     int src = -1;
-    t_.waitHeader(MsgType::kStats, &h, &src, cfg_.peerTimeoutS, "end-of-run counters");
+    try {
+      t_.waitHeader(MsgType::kStats, &h, &src, cfg_.peerTimeoutS, "end-of-run counters");
+    } catch (const transport::ViewChanged&) {
+      client_.refreshNow();
+      finalView = ft_.det->view();
+      noteFailures(finalView);
+      continue;
+    }
     RankStats s;
     PHX_ENFORCE(h.bytes == sizeof s, "stats message of ", h.bytes, " bytes from rank ", src);
     t_.recvPayload(src, MsgType::kStats, &s, sizeof s, cfg_.peerTimeoutS);
+    if (got[src]) continue;  // re-sent after a change of chief
+    got[src] = 1;
     all.push_back(s);
   }
-  // Group leaders wait for this (see run()); then replicas and spares still idle.
-  if (ft_.det)
-    for (int g = 1; g < layout_.groups(); ++g) {
-      const int r = layout_.workerRank(layout_.leaderOf(g));
-      if (!finalView.isAlive(r)) continue;
-      Header h;
-      h.type = MsgType::kDone;
-      t_.waitSend(t_.send(r, h, nullptr), cfg_.peerTimeoutS);
-    }
-  // Replicas and spares still idle: release them.
-  for (int r = layout_.servers(); r < layout_.firstWorkerRank(); ++r) {
-    if (ft_.det && (!finalView.isAlive(r) || finalView.shardOf(r) >= 0)) continue;
-    Header h;
-    h.type = MsgType::kDone;
-    t_.waitSend(t_.send(r, h, nullptr), cfg_.peerTimeoutS);
-  }
+  // Everyone still idling (leaders, servers that reported, spares, replicas) may go.
+  releaseAll(t_, ft_, cfg_.peerTimeoutS);
 
   const EvalResult e = evaluate(model_, fm_.test, cfg_.evalBatch);
   TrainResult res;

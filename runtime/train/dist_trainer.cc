@@ -49,7 +49,7 @@ void WorkerLoop::noteFailures(const recovery::View& v) {
         f.shard >= 0 ? (f.replacedBy >= 0 ? detail::concat("; rank ", f.replacedBy, " takes over")
                                           : std::string("; no spare left"))
                      : std::string("; training goes on without it"));
-    if (chief_) log::warn(line);
+    if (isChief()) log::warn(line);
     events_.push_back(detail::concat("failure:rank", f.rank));
   }
 }
@@ -93,11 +93,39 @@ ps::Directory WorkerLoop::onViewChange() {
                                    detail::concat("worker ", m, " of group ", group_,
                                                   " died; a group cannot shrink yet (use --group-size 1 "
                                                   "to survive worker deaths)"));
-  if (!v.isAlive(layout_.chiefRank()))
-    throw transport::PeerFailure({layout_.chiefRank()}, v.epoch,
-                                 "the chief worker (rank of worker 0) died; the run cannot report "
-                                 "its results. Resume with --resume DIR");
+  if (isChief() && !wasChief_) takeOverAsChief();
   return ft_.directory(v);
+}
+
+// The chief died: the lowest live worker (this one) evaluates, writes the metrics (appending)
+// and the summary from now on.
+void WorkerLoop::takeOverAsChief() {
+  wasChief_ = true;
+  log::setIdentity(t_.rank(), "worker", true);
+  log::warn("worker ", w_, " (rank ", t_.rank(), ") takes over as chief: evaluation, metrics, summary");
+  events_.push_back(detail::concat("chief:rank", t_.rank()));
+}
+
+bool WorkerLoop::reportAndIdle(const RankStats& rs) {
+  int reportedTo = ft_.chief;
+  sendStats(t_, reportedTo, rs, cfg_.peerTimeoutS);
+  if (!ft_.det) return false;
+  // Stay until released: a server that dies now is replaced, and its replacement must hear this
+  // client's "done" again; a chief that dies is replaced, and the new one needs these counters.
+  bool becameChief = false;
+  idleUntilReleased(t_, ft_, [&] {
+    client_.refreshNow();
+    if (isChief()) {
+      becameChief = true;
+      return false;
+    }
+    if (ft_.chief != reportedTo) {
+      reportedTo = ft_.chief;
+      sendStats(t_, reportedTo, rs, cfg_.peerTimeoutS);
+    }
+    return true;
+  });
+  return becameChief;
 }
 
 void WorkerLoop::shareWeights(int64_t clock) {
@@ -188,12 +216,13 @@ TrainResult WorkerLoop::run() {
   const Plan p = plan(cfg_, train, layout_.workers());
   totalSteps_ = p.totalSteps;
   const size_t shardSize = sharder.shardSize(w_);
-  if (chief_)
+  wasChief_ = isChief();
+  if (wasChief_)
     log::info("training ", cfg_.model, " (", n_, " parameters) on ", layout_.workers(),
               " worker(s) x ", be_->describe(), ": ", p.totalSteps, " steps of batch ", cfg_.batch,
               " per worker, sync ", cfg_.sync, cfg_.sync == "ssp" ? detail::concat(" s=", cfg_.staleness) : "",
               ", ", layout_.servers(), " server shard(s)");
-  MetricsCsv metrics(chief_ ? cfg_.metricsPath : "");
+  if (wasChief_) metrics_ = std::make_unique<MetricsCsv>(cfg_.metricsPath);
   std::vector<float> x(static_cast<size_t>(cfg_.batch) * train.sampleSize());
   std::vector<int32_t> y(cfg_.batch);
   std::vector<uint32_t> order;
@@ -203,7 +232,7 @@ TrainResult WorkerLoop::run() {
   int64_t samples = 0;
   double lastTrainLoss = NAN;
   const uint64_t dropoutSeed = cfg_.seed + 1000003ull * static_cast<uint64_t>(w_);
-  if (startStep_ > 0 && chief_)
+  if (startStep_ > 0 && isChief())
     log::info("resuming from ", cfg_.resumeDir, " at step ", startStep_, " of ", p.totalSteps);
   const std::vector<Schedule> workerKills = cfg_.killWorkerAt();
   const bool killable = w_ == layout_.workers() - 1 && w_ != 0 && !workerKills.empty();
@@ -227,7 +256,8 @@ TrainResult WorkerLoop::run() {
                      "); lower --lr (now ", cfg_.lr, ")");
     exchange(step, loss);
     samples += n;
-    if (!chief_) continue;
+    if (!isChief()) continue;
+    if (!metrics_) metrics_ = std::make_unique<MetricsCsv>(cfg_.metricsPath, true);  // took over
     if (ft_.det) pollEvents();
     const int64_t done = step + 1;
     progress.step(done, n, loss);
@@ -236,7 +266,7 @@ TrainResult WorkerLoop::run() {
       const EvalResult e = evaluate(model_, fm_.test, cfg_.evalBatch);
       progress.markEval(e.accuracy);
       const bool epochEnd = done % p.stepsPerEpoch == 0;
-      metrics.write(MetricsRow{progress.elapsed(), done,
+      metrics_->write(MetricsRow{progress.elapsed(), done,
                                static_cast<double>(done) / p.stepsPerEpoch, lastTrainLoss,
                                e.accuracy, client_.minVersion(), eventText(epochEnd ? "epoch" : "")});
       log::info("eval  step ", done, " epoch ", static_cast<double>(done) / p.stepsPerEpoch,
@@ -246,7 +276,7 @@ TrainResult WorkerLoop::run() {
   }
   const double trainSeconds = progress.elapsed();
   if (isLeader()) client_.done();
-  if (!chief_) {
+  if (!isChief()) {
     RankStats rs;
     rs.index = w_;
     rs.rank = t_.rank();
@@ -261,15 +291,12 @@ TrainResult WorkerLoop::run() {
       rs.buffered = static_cast<double>(client_.buffered());
       rs.overflow = static_cast<double>(client_.overflow());
     }
-    sendStats(t_, layout_.chiefRank(), rs, cfg_.peerTimeoutS);
-    // Stay until the chief has every shard's final weights: a server that dies now is
-    // replaced, and its replacement must hear this client's "done" again.
-    if (ft_.det && isLeader()) idleUntilReleased(t_, ft_, [this] { client_.refreshNow(); });
-    return {};
+    if (!reportAndIdle(rs)) return {};
   }
+  if (!metrics_) metrics_ = std::make_unique<MetricsCsv>(cfg_.metricsPath, true);
   lastTrainLoss = progress.takeEvalLoss();
   TrainResult res = finishChief(trainSeconds, samples, lastTrainLoss);
-  metrics.write(MetricsRow{progress.elapsed(), p.totalSteps,
+  metrics_->write(MetricsRow{progress.elapsed(), p.totalSteps,
                            static_cast<double>(p.totalSteps) / p.stepsPerEpoch, lastTrainLoss,
                            res.summary.finalTestAccuracy, res.summary.updatesApplied, "end"});
   return res;
@@ -296,6 +323,7 @@ TrainResult runDistributed(const Config& cfg, transport::Transport& t,
   ft.layout = &layout;
   ft.mode = cfg.effectiveRecovery();
   ft.startUnix = recovery::unixNow();
+  ft.chief = layout.chiefRank();
   if (ft.mode == "checkpoint" && layout.spares() == 0 && t.rank() == layout.chiefRank())
     log::warn("--recovery checkpoint without --spares: a dead server cannot be replaced in this "
               "job; it ends, and `--resume ", cfg.checkpointDir, "` restarts it from the snapshots");
@@ -319,7 +347,10 @@ TrainResult runDistributed(const Config& cfg, transport::Transport& t,
     const int shard = (t.rank() - layout.servers()) / std::max(1, layout.replicas());
     serveShard(cfg, t, layout, *data, ft, shard, Entry::kReplica, 0);
   } else if (role == ps::Role::kReplica) {
-    idleUntilReleased(t, ft, [&ft] { ft.accept(); });
+    idleUntilReleased(t, ft, [&ft] {
+      ft.accept();
+      return true;
+    });
   } else if (role == ps::Role::kSpare) {
     // Load the data now, while idle: a takeover must not wait for it.
     data::FashionMnist loaded;

@@ -60,14 +60,31 @@ int ranksOnNode(const transport::Transport& t) {
   return t.size();
 }
 
-void idleUntilReleased(transport::Transport& t, FtContext& ft, const std::function<void()>& onView) {
+void idleUntilReleased(transport::Transport& t, FtContext& ft, const std::function<bool()>& onView) {
   Header h;
   int src = -1;
   transport::Backoff idle;
-  while (!t.poll(MsgType::kDone, &h, &src)) {
-    if (ft.changed()) onView();
+  for (;;) {
+    while (t.poll(MsgType::kDone, &h, &src))
+      if (h.client < 0 && src == ft.chief) return;  // (a client's late "done" is not for us)
+    if (ft.changed() && !onView()) return;
     idle.pause();
   }
+}
+
+void releaseAll(transport::Transport& t, const FtContext& ft, double timeoutS) {
+  const ps::RoleLayout& layout = *ft.layout;
+  std::vector<transport::SendId> ids;
+  Header h;
+  h.type = MsgType::kDone;
+  if (!ft.det) {  // without failure handling only spares and replicas idle
+    for (int r = layout.servers(); r < layout.firstWorkerRank(); ++r) ids.push_back(t.send(r, h, nullptr));
+  } else {
+    const recovery::View v = ft.det->view();
+    for (int r = 0; r < layout.worldSize(); ++r)
+      if (r != t.rank() && v.isAlive(r)) ids.push_back(t.send(r, h, nullptr));
+  }
+  for (auto id : ids) t.waitSend(id, timeoutS);
 }
 
 }  // namespace phx::train

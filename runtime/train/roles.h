@@ -43,6 +43,7 @@ struct FtContext {
   std::string mode = "none";
   int acked = 0;
   double startUnix = 0;
+  int chief = -1;  // the chief worker's rank in the newest accepted view
 
   bool changed() const { return det && det->epoch() != acked; }
   // Takes the newest view: dead ranks are cut off the training transport, the epoch is
@@ -56,6 +57,9 @@ struct FtContext {
     for (int r = 0; r < static_cast<int>(v.alive.size()); ++r)
       if (!v.alive[r]) main->markDead(r);
     acked = v.epoch;
+    chief = v.chiefRank(*layout);
+    if (chief < 0)
+      throw transport::PeerFailure({}, v.epoch, "every worker has died; the run cannot go on");
     if (mode == "none" && !v.failures.empty()) {
       const recovery::FailureRecord& f = v.failures.back();
       throw transport::PeerFailure(
@@ -84,9 +88,12 @@ struct FtContext {
 bool due(const Schedule& s, int64_t step, double startUnix);
 double cpuSeconds();
 void sendStats(transport::Transport& t, int to, const RankStats& s, double timeoutS);
-// Idles (without spinning) until the chief's kDone releases this rank, calling onView whenever
-// the membership view changes meanwhile.
-void idleUntilReleased(transport::Transport& t, FtContext& ft, const std::function<void()>& onView);
+// Idles (without spinning) until the chief's release (a kDone without client from the current
+// chief) arrives, calling onView whenever the membership view changes meanwhile; onView
+// returns false to stop idling (this rank has a new role).
+void idleUntilReleased(transport::Transport& t, FtContext& ft, const std::function<bool()>& onView);
+// Releases every rank still idling at the end of a run (called by the chief).
+void releaseAll(transport::Transport& t, const FtContext& ft, double timeoutS);
 
 struct Plan {
   int64_t stepsPerEpoch = 0, totalSteps = 0;

@@ -109,6 +109,7 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
     viewPending = true;
   };
   auto actOnView = [&](const recovery::View& v) {
+    srv->setReportTo(ft.chief);
     for (int c = 0; c < layout.groups(); ++c)
       if (!v.isAlive(layout.workerRank(layout.leaderOf(c)))) srv->dropClient(c);
     if (!chained) return;
@@ -151,7 +152,7 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
     eh.type = MsgType::kEvent;
     eh.shard = shard;
     eh.bytes = sizeof ev;
-    t.waitSend(t.send(layout.chiefRank(), eh, ev), cfg.peerTimeoutS);
+    t.waitSend(t.send(ft.chief, eh, ev), cfg.peerTimeoutS);
     log::info("shard ", shard, " applies updates again on rank ", t.rank(), " (version ",
               srv->stats().version, ")");
   };
@@ -219,7 +220,7 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
               policy->name(), ", ", layout.groups(), " client(s)", takeover ? " (took over)" : "");
   const double cpu0 = cpuSeconds();
   const auto t0 = std::chrono::steady_clock::now();
-  server.run(layout.chiefRank());
+  server.run(ft.chief);
   if (server.isHead() && !server.released()) sendEvent();  // a recovery right at the end
   if (writer) writer->flush();
   if (server.released() || !server.isHead()) return;  // a replica: nothing to report
@@ -246,7 +247,20 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
   rs.bufferedApplied = static_cast<double>(s.bufferedApplied);
   rs.snapshotsWritten = static_cast<double>(writer ? writer->written() : written);
   rs.checkpointSeconds = writer ? writer->waitedSeconds() + ckptSeconds : ckptSeconds;
-  sendStats(t, layout.chiefRank(), rs, cfg.peerTimeoutS);
+  int reportedTo = ft.chief;
+  sendStats(t, reportedTo, rs, cfg.peerTimeoutS);
+  // Stay until the chief has what it needs: a chief that dies is replaced by the next worker,
+  // which gets the final weights and these counters again.
+  if (ft.det)
+    idleUntilReleased(t, ft, [&] {
+      ft.accept();
+      if (ft.chief != reportedTo) {
+        reportedTo = ft.chief;
+        server.sendFinal(reportedTo);
+        sendStats(t, reportedTo, rs, cfg.peerTimeoutS);
+      }
+      return true;
+    });
 }
 
 // A spare: idle until a view gives it a shard (or the chief releases it at the end).

@@ -10,6 +10,7 @@
 #include "kernels/backend.h"
 #include "kernels/model.h"
 #include "recovery/view.h"
+#include "runtime/core/metrics.h"
 #include "runtime/train/dist_trainer.h"
 #include "runtime/train/roles.h"
 
@@ -23,10 +24,11 @@ class WorkerLoop {
   WorkerLoop(const Config& cfg, transport::Transport& t, const ps::RoleLayout& layout,
              const data::FashionMnist& fm, FtContext& ft)
       : cfg_(cfg), t_(t), layout_(layout), fm_(fm), ft_(ft), w_(layout.workerIndex(t.rank())),
-        group_(layout.groupOf(w_)), leader_(layout.leaderOf(group_)), chief_(w_ == 0),
+        group_(layout.groupOf(w_)), leader_(layout.leaderOf(group_)),
         be_(kernels::makeBackend(cfg.device, workerThreads(cfg.threads, ranksOnNode(t)))),
         model_(*be_, kernels::parseModelSpec(cfg.model),
-               std::max(cfg.batch, chief_ ? cfg.evalBatch : 1)),
+               // any worker may become the chief (and evaluate) when failures are handled
+               std::max(cfg.batch, w_ == 0 || ft.det ? cfg.evalBatch : 1)),
         n_(model_.paramCount()),
         client_(t, layout, ps::splitKeys(static_cast<int64_t>(n_), layout.servers()), group_, 0,
                 cfg.peerTimeoutS) {
@@ -77,7 +79,13 @@ class WorkerLoop {
   const data::FashionMnist& fm_;
   FtContext& ft_;
   int w_, group_, leader_;
-  bool chief_;
+  bool isChief() const { return t_.rank() == ft_.chief; }
+  bool wasChief_ = false;
+  void takeOverAsChief();
+  std::unique_ptr<MetricsCsv> metrics_;
+  // After training, a non-chief worker reports and idles until released; true: it became the
+  // chief meanwhile and must end the run itself.
+  bool reportAndIdle(const RankStats& rs);
   std::unique_ptr<kernels::Backend> be_;
   kernels::Model model_;
   size_t n_;

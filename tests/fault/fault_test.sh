@@ -175,6 +175,27 @@ else
   bad "dead-spare: no spare pid in the log"; wait $runner
 fi
 
+# 4c. The chief worker (it evaluates and reports) is killed from outside: the next worker takes
+#     over, appends to the metrics and writes the summary.
+( timeout 120 "${MPIRUN[@]}" -n 6 "$PHX" train "${COMMON[@]}" --recovery checkpoint --steps 1000 --log-level debug \
+    --servers 1 --spares 1 --checkpoint-dir "$TMP/chief.ckpt" --metrics "$TMP/chief.csv" \
+    --summary "$TMP/chief.json" > "$TMP/chief.log" 2>&1 ) &
+runner=$! cpid=""
+for i in $(seq 1 200); do
+  cpid=$(sed -n 's/.*rank 2 pid \([0-9]*\) role worker.*/\1/p' "$TMP/chief.log" | head -1)
+  [ -n "$cpid" ] && grep -q "eval  step 200 " "$TMP/chief.log" && break
+  sleep 0.1
+done
+if [ -n "$cpid" ]; then
+  kill -9 "$cpid"
+  wait $runner
+  check chief "len(f) == 1 and f[0]['rank'] == 2 and f[0]['role'] == 'worker' and f[0]['detected_ms'] <= 1500 and s['final_test_accuracy'] > 0.6 and s['steps'] == 1000"
+  if [ "$(grep -c '^time_s' "$TMP/chief.csv")" = 1 ] && tail -1 "$TMP/chief.csv" | grep -q ',1000,.*,end$'; then ok; else
+    bad "chief: metrics not continued by the new chief: $(cat "$TMP/chief.csv")"; fi
+else
+  bad "chief: no chief pid or no evaluation in the log"; wait $runner
+fi
+
 # 5. A kill in the middle of a snapshot write (test hook: the .tmp is half written, no rename,
 #    no marker): the replacement restores the previous valid snapshot.
 export PHX_TEST_KILL_IN_CHECKPOINT=50
