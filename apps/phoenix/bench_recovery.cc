@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <random>
 #include <regex>
 #include <sstream>
@@ -22,9 +23,17 @@ namespace phx::apps {
 
 namespace {
 
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
 // Runs `cmd` through /bin/sh in its own process group; kills the group by its id after
-// timeoutS. Returns the exit status (-1: timed out).
-int runBounded(const std::string& cmd, double timeoutS) {
+// timeoutS. Returns the exit status (-1: timed out). `during` is called every 50 ms while the
+// job runs (the freeze injection).
+int runBounded(const std::string& cmd, double timeoutS, const std::function<void()>& during = {}) {
   const pid_t pid = fork();
   PHX_ENFORCE(pid >= 0, "fork failed");
   if (pid == 0) {
@@ -43,9 +52,42 @@ int runBounded(const std::string& cmd, double timeoutS) {
       waitpid(pid, &status, 0);
       return -1;
     }
+    if (during) during();
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
 }
+
+// The freeze: SIGSTOP the shard-0 server (its pid from the job's debug log) once training has
+// run a while, SIGCONT it a second after the others declared it failed.
+struct Freezer {
+  std::string log;
+  double afterS;
+  pid_t pid = -1;
+  int state = 0;  // 0 waiting for the pid, 1 waiting to stop, 2 stopped, 3 resumed
+  std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now(), stoppedAt;
+  void operator()() {
+    const auto now = std::chrono::steady_clock::now();
+    if (state == 0) {
+      static const std::regex re("rank 0 pid ([0-9]+) role server");
+      std::smatch m;
+      const std::string text = slurp(log);
+      if (std::regex_search(text, m, re)) {
+        pid = static_cast<pid_t>(std::stol(m[1].str()));
+        state = 1;
+        t0 = now;
+      }
+    } else if (state == 1 && std::chrono::duration<double>(now - t0).count() >= afterS) {
+      kill(pid, SIGSTOP);
+      state = 2;
+      stoppedAt = now;
+    } else if (state == 2 && (slurp(log).find("declared failed") != std::string::npos ||
+                              std::chrono::duration<double>(now - stoppedAt).count() > 10)) {
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+      kill(pid, SIGCONT);
+      state = 3;
+    }
+  }
+};
 
 std::vector<double> numbersOf(const std::string& text, const std::string& key) {
   std::vector<double> out;
@@ -87,6 +129,8 @@ int runRecoveryBench(const RecoveryBenchOptions& opt) {
   const std::string self = fs::read_symlink("/proc/self/exe", ec).string();
   PHX_ENFORCE(!ec, "cannot find this executable");
   std::mt19937_64 rng(opt.seed);
+  std::printf("%s\n", opt.freeze ? "freezes (SIGSTOP of the shard-0 server by PID; detection from its last heartbeat)"
+                                  : "kills (SIGKILL of the shard-0 server at a random step)");
   std::printf("%-17s %5s %5s %24s %24s %10s %9s\n", "mode", "sync", "kills", "detect ms med (range)",
               "recover ms med (range)", "lost max", "acc med");
   std::string json = "[";
@@ -98,16 +142,17 @@ int runRecoveryBench(const RecoveryBenchOptions& opt) {
       const std::string base = detail::concat(opt.dir, "/", mode, "-", opt.sync, "-", k);
       fs::remove_all(base + ".ckpt", ec);
       fs::remove(base + ".json", ec);
+      const std::string inject =
+          opt.freeze ? std::string(" --log-level debug") : detail::concat(" --log-level warn --kill-server ", at);
       const std::string cmd = detail::concat(
           opt.mpirun, " -n ", opt.ranks, " ", self, " train --model ", opt.model, " --steps ",
-          opt.steps, " --threads 1 --eval-every 0 --log-level warn --sync ", opt.sync,
-          " --servers 1 --spares 1 ", modeFlags(mode), " --kill-server ", at,
-          " --checkpoint-dir ", base, ".ckpt --summary ", base, ".json > ", base, ".log 2>&1");
-      const int rc = runBounded(cmd, opt.timeoutS);
-      std::ifstream in(base + ".json");
-      std::stringstream ss;
-      ss << in.rdbuf();
-      const std::string s = ss.str();
+          opt.freeze ? 4 * opt.steps : opt.steps, " --threads 1 --eval-every 0 --sync ", opt.sync,
+          " --servers 1 --spares 1 ", modeFlags(mode), inject, " --checkpoint-dir ", base,
+          ".ckpt --summary ", base, ".json > ", base, ".log 2>&1");
+      Freezer freezer{base + ".log", 1.0 + static_cast<double>(at % 10) / 10.0};
+      const int rc = opt.freeze ? runBounded(cmd, opt.timeoutS, std::ref(freezer)) : runBounded(cmd, opt.timeoutS);
+      if (opt.freeze && freezer.state == 2) kill(freezer.pid, SIGCONT);  // never leave it stopped
+      const std::string s = slurp(base + ".json");
       const auto d = numbersOf(s, "detected_ms"), r = numbersOf(s, "recovered_ms");
       if (rc != 0 || s.empty() || d.empty() || r.empty() || r[0] <= 0) {
         ++failedJobs;
@@ -135,10 +180,11 @@ int runRecoveryBench(const RecoveryBenchOptions& opt) {
     std::fflush(stdout);
     char row[400];
     std::snprintf(row, sizeof row,
-                  "%s\n  {\"mode\": \"%s\", \"sync\": \"%s\", \"kills\": %zu, \"failed_jobs\": %d, "
+                  "%s\n  {\"mode\": \"%s\", \"sync\": \"%s\", \"freeze\": %s, \"kills\": %zu, \"failed_jobs\": %d, "
                   "\"detected_ms_median\": %.1f, \"recovered_ms_median\": %.1f, "
                   "\"acknowledged_pushes_lost_max\": %.0f, \"accuracy_median\": %.4f}",
-                  json.size() > 1 ? "," : "", mode.c_str(), opt.sync.c_str(), det.size(), failedJobs,
+                  json.size() > 1 ? "," : "", mode.c_str(), opt.sync.c_str(), opt.freeze ? "true" : "false",
+                  det.size(), failedJobs,
                   median(det), median(rec), lostMax, median(acc));
     json += row;
   }

@@ -21,6 +21,10 @@ struct RecoveryBenchOptions {
   std::string mpirun = "mpirun --oversubscribe --bind-to none --enable-recovery";
   double timeoutS = 180;  // per job
   uint64_t seed = 7;
+  // Freeze instead of kill: the shard-0 server is SIGSTOPped from outside (by PID, as an
+  // operator or a swapping node would), resumed once the others went on (it is fenced and
+  // leaves); detection is then measured from its last heartbeat.
+  bool freeze = false;
   std::string dir = "phoenix-bench-recovery";
   std::string jsonPath;
 };

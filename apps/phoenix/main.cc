@@ -242,6 +242,8 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber)->capture_default_str();
   benchRec->add_option("--seed", rb.seed, "Seed of the kill steps")->capture_default_str();
   benchRec->add_option("--dir", rb.dir, "Where the jobs' logs and summaries go")->capture_default_str();
+  benchRec->add_flag("--freeze", rb.freeze,
+                     "SIGSTOP the server by PID instead of killing it (resumed after detection)");
   benchRec->add_option("--json", rb.jsonPath, "Also write the results as JSON");
 
   CLI::App* benchPushPull = bench->add_subcommand(

@@ -229,6 +229,17 @@ job first 4 --servers 1 --steps 60 --checkpoint-mode sync && {
   if [ $rc -eq 0 ] && echo "$out" | grep -q "resuming from .* at step 60 of 100"; then ok; else
     bad "resume: rc $rc: $(echo "$out" | grep -i 'resum\|error' | head)"; fi
   check resume "s['updates_applied'] == 100"
+  # The same with the newest snapshot truncated (a write cut short by a full disk): it is
+  # skipped, named, and the job resumes from the one before (step 50).
+  cp -r "$TMP/first.ckpt" "$TMP/trunc.ckpt"
+  newest=$(ls "$TMP"/trunc.ckpt/shard0/snap-*.h5 | tail -1)
+  truncate -s 2000 "$newest"
+  out=$(timeout 120 "${MPIRUN[@]}" -n 4 "$PHX" train "${COMMON[@]}" --recovery checkpoint --steps 100 --log-level info \
+        --servers 1 --resume "$TMP/trunc.ckpt" --summary "$TMP/trunc.json" 2>&1); rc=$?
+  if [ $rc -eq 0 ] && echo "$out" | grep -q "$(basename "$newest").*truncated" &&
+     echo "$out" | grep -q "resuming from .* at step 50 of 100"; then ok; else
+    bad "resume past a truncated snapshot: rc $rc: $(echo "$out" | grep -i 'resum\|skip\|truncat\|error' | head)"; fi
+  check trunc "s['updates_applied'] == 100"
 }
 
 # 9. phoenix inspect: a valid snapshot prints, a truncated one is named and refused.
