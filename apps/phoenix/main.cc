@@ -168,6 +168,12 @@ void addTrainFlags(CLI::App& app, phx::Config& c) {
   app.add_option("--downtime", c.downtimeS,
                  "Seconds a replacement waits before taking over (to reproduce an outage)")
       ->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--straggle", c.straggle,
+                 "Injection: RANK:FACTOR[,...] makes that worker rank FACTOR times slower per sample "
+                 "(its step takes FACTOR x its real compute time)");
+  app.add_option("--straggle-random", c.straggleRandom,
+                 "Injection: P:FACTOR makes every worker a FACTOR-times straggler with probability P "
+                 "in each iteration (transient stragglers; seeded by --seed)");
   app.add_option("--metrics", c.metricsPath, "Write one CSV row per evaluation to this file");
   app.add_option("--summary", c.summaryPath, "Write a JSON summary of the run to this file");
   app.add_option("--eval-every", c.evalEvery,

@@ -1,6 +1,8 @@
 #include "runtime/core/config.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <numbers>
 
 #include "runtime/core/error.h"
@@ -58,6 +60,70 @@ std::vector<Schedule> parseList(const std::string& flag, const std::string& v) {
 
 std::vector<Schedule> Config::killServerAt() const { return parseList("--kill-server", killServer); }
 std::vector<Schedule> Config::killWorkerAt() const { return parseList("--kill-worker", killWorker); }
+
+namespace {
+struct StraggleSpec {
+  std::vector<std::pair<int, double>> fixed;
+  double p = 0, factor = 1;
+};
+double parseFactor(const std::string& flag, const std::string& entry, const std::string& text) {
+  char* end = nullptr;
+  const double f = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end != '\0' || !(f >= 1.0) || !std::isfinite(f))
+    PHX_USER_ERROR(flag, " '", entry, "': the factor must be a number >= 1 (e.g. 3 for three times slower)");
+  return f;
+}
+StraggleSpec parseStraggle(const std::string& fixed, const std::string& random) {
+  StraggleSpec s;
+  size_t start = 0;
+  while (start < fixed.size()) {
+    size_t comma = fixed.find(',', start);
+    if (comma == std::string::npos) comma = fixed.size();
+    const std::string e = fixed.substr(start, comma - start);
+    const size_t colon = e.find(':');
+    char* end = nullptr;
+    const long rank = colon == std::string::npos ? -1 : std::strtol(e.substr(0, colon).c_str(), &end, 10);
+    if (colon == std::string::npos || colon == 0 || *end != '\0' || rank < 0)
+      PHX_USER_ERROR("--straggle '", fixed, "': each entry is RANK:FACTOR, e.g. 4:3");
+    s.fixed.emplace_back(static_cast<int>(rank), parseFactor("--straggle", e, e.substr(colon + 1)));
+    start = comma + 1;
+  }
+  if (!random.empty()) {
+    const size_t colon = random.find(':');
+    char* end = nullptr;
+    const double p = colon == std::string::npos ? -1 : std::strtod(random.substr(0, colon).c_str(), &end);
+    if (colon == std::string::npos || colon == 0 || *end != '\0' || !(p >= 0.0 && p <= 1.0))
+      PHX_USER_ERROR("--straggle-random '", random, "': expected P:FACTOR with P in [0, 1], e.g. 0.1:3");
+    s.p = p;
+    s.factor = parseFactor("--straggle-random", random, random.substr(colon + 1));
+  }
+  return s;
+}
+}  // namespace
+
+double Config::straggleFactor(int rank, int64_t step) const {
+  if (straggle.empty() && straggleRandom.empty()) return 1.0;
+  const StraggleSpec s = parseStraggle(straggle, straggleRandom);
+  double f = 1.0;
+  for (const auto& [r, x] : s.fixed)
+    if (r == rank) f = std::max(f, x);
+  if (s.p > 0) {
+    // Deterministic per (seed, rank, step): the same run straggles the same way.
+    uint64_t x = seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(rank) * 0xBF58476D1CE4E5B9ull +
+                 static_cast<uint64_t>(step) * 0x94D049BB133111EBull;
+    x ^= x >> 31;
+    x *= 0xD6E8FEB86659FD93ull;
+    x ^= x >> 32;
+    if (static_cast<double>(x >> 11) / 9007199254740992.0 < s.p) f = std::max(f, s.factor);
+  }
+  return f;
+}
+
+std::vector<int> Config::straggleRanks() const {
+  std::vector<int> out;
+  for (const auto& [r, x] : parseStraggle(straggle, straggleRandom).fixed) out.push_back(r);
+  return out;
+}
 
 double Config::effectiveMomentum() const {
   if (momentum >= 0.0) return momentum;
@@ -120,6 +186,7 @@ void Config::validate() const {
   if (!(downtimeS >= 0.0)) PHX_USER_ERROR("--downtime must be >= 0 seconds");
   killServerAt();
   killWorkerAt();
+  parseStraggle(straggle, straggleRandom);
 }
 
 }  // namespace phx

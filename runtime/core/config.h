@@ -64,6 +64,10 @@ struct Config {
   std::string killServer;   // "AT[,AT...]": shard 0's server SIGKILLs itself at step or time AT
   std::string killWorker;   // "AT": the last worker SIGKILLs itself at step or time AT
   double downtimeS = 0;     // a replacement waits this long before taking over
+  // stragglers (issue 5): "RANK:FACTOR[,...]" makes worker rank RANK FACTOR times slower per
+  // sample; "P:FACTOR" makes each worker a straggler with probability P in each iteration
+  std::string straggle;
+  std::string straggleRandom;
   bool launchSurvives = false;  // set by apps/: the MPI launch keeps survivors alive
   // outputs
   std::string metricsPath;
@@ -81,6 +85,11 @@ struct Config {
   // --kill-server / --kill-worker parsed ("200", "30s", "200,400").
   std::vector<Schedule> killServerAt() const;
   std::vector<Schedule> killWorkerAt() const;
+  // The slowdown of `rank` at iteration `step` from --straggle and --straggle-random (1 = none):
+  // its step takes FACTOR times its real compute time (slower hardware, not a fixed sleep).
+  double straggleFactor(int rank, int64_t step) const;
+  // The ranks --straggle names (checked against the job's workers by the runtime).
+  std::vector<int> straggleRanks() const;
 
   // Throws UserError for values that cannot work, naming the flag and what is accepted.
   void validate() const;

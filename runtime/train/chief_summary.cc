@@ -61,6 +61,7 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
   mine.bytesIn = client_.bytesReceived();
   mine.bytesOut = client_.bytesSent();
   mine.pushesAcked = static_cast<double>(client_.acknowledged());
+  mine.straggleSeconds = straggleSeconds_;
   mine.buffered = static_cast<double>(client_.buffered());
   mine.overflow = static_cast<double>(client_.overflow());
   all.push_back(mine);
@@ -129,13 +130,14 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
     } else {
       totalSamples += r.samples;
     }
-    char row[320];
+    char row[400];
     std::snprintf(row, sizeof row,
                   "%s{\"rank\": %d, \"role\": \"%s\", \"cpu_seconds\": %.3f, \"wall_seconds\": "
-                  "%.3f, \"samples\": %.0f, \"updates\": %.0f, \"bytes_in\": %.0f, \"bytes_out\": %.0f}",
+                  "%.3f, \"samples\": %.0f, \"updates\": %.0f, \"bytes_in\": %.0f, \"bytes_out\": %.0f, "
+                  "\"straggle_seconds\": %.3f}",
                   ranks.size() > 1 ? ", " : "", static_cast<int>(r.rank),
                   r.isServer ? "server" : "worker", r.cpuSeconds, r.seconds, r.samples,
-                  r.version, r.bytesIn, r.bytesOut);
+                  r.version, r.bytesIn, r.bytesOut, r.straggleSeconds);
     ranks += row;
   }
   ranks += "]";

@@ -4,6 +4,8 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <chrono>
+#include <thread>
 #include <cmath>
 #include <cstdlib>
 
@@ -248,8 +250,18 @@ TrainResult WorkerLoop::run() {
     int64_t first = (step % p.stepsPerEpoch) * cfg_.batch;
     if (first >= static_cast<int64_t>(shardSize)) first = 0;  // a shard one sample shorter
     const int n = static_cast<int>(std::min<int64_t>(cfg_.batch, shardSize - first));
+    const auto c0 = std::chrono::steady_clock::now();
     data::gatherBatch(train, order.data() + first, n, x.data(), y.data());
     const kernels::LossResult r = model_.forwardBackward(x.data(), y.data(), n, dropoutSeed, step);
+    // Injected straggling: this step takes FACTOR times its real compute time.
+    const double factor = cfg_.straggleFactor(t_.rank(), step);
+    if (factor > 1.0) {
+      be_->synchronize();
+      const double compute = std::chrono::duration<double>(std::chrono::steady_clock::now() - c0).count();
+      const double extra = (factor - 1.0) * compute;
+      std::this_thread::sleep_for(std::chrono::duration<double>(extra));
+      straggleSeconds_ += extra;
+    }
     const double loss = r.lossSum / n;
     if (!std::isfinite(loss))
       PHX_USER_ERROR("training diverged at step ", step, " on worker ", w_, " (loss ", loss,
@@ -286,6 +298,7 @@ TrainResult WorkerLoop::run() {
     rs.steps = static_cast<double>(p.totalSteps);
     rs.bytesIn = client_.bytesReceived();
     rs.bytesOut = client_.bytesSent();
+    rs.straggleSeconds = straggleSeconds_;
     if (isLeader()) {
       rs.pushesAcked = static_cast<double>(client_.acknowledged());
       rs.buffered = static_cast<double>(client_.buffered());
@@ -314,6 +327,10 @@ TrainResult runDistributed(const Config& cfg, transport::Transport& t,
                            const data::FashionMnist* data, transport::Transport* detectorT) {
   cfg.validate();
   const ps::RoleLayout layout(t.size(), cfg.servers, cfg.replicas, cfg.spares, cfg.groupSize);
+  for (int r : cfg.straggleRanks())
+    if (r >= layout.worldSize() || layout.roleOf(r) != ps::Role::kWorker)
+      PHX_USER_ERROR("--straggle ", cfg.straggle, ": rank ", r, " is not a worker (workers are ranks ",
+                     layout.firstWorkerRank(), "-", layout.worldSize() - 1, ")");
   const ps::Role role = layout.roleOf(t.rank());
   log::setIdentity(t.rank(), ps::roleName(role), t.rank() == layout.chiefRank());
   if (t.rank() == layout.chiefRank()) log::info(layout.describe());

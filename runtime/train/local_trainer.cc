@@ -56,6 +56,9 @@ TrainResult runLocal(const Config& cfg) {
 
 TrainResult runLocal(const Config& cfg, const data::FashionMnist& fm) {
   cfg.validate();
+  if (!cfg.straggle.empty() || !cfg.straggleRandom.empty())
+    PHX_USER_ERROR("--straggle and --straggle-random slow down workers of an mpirun job; this is a "
+                   "single-process run (start it with mpirun -n N ... --servers S)");
   auto backend = kernels::makeBackend(cfg.device, cfg.threads);
   const kernels::ModelSpec spec = kernels::parseModelSpec(cfg.model);
   kernels::Model model(*backend, spec, std::max(cfg.batch, cfg.evalBatch));

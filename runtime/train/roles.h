@@ -32,6 +32,7 @@ struct RankStats {
   // workers: pushes of shard 0 acknowledged (or delivered in a backlog), updates buffered
   // while a shard was down, updates dropped because the buffer was full
   double pushesAcked = 0, buffered = 0, overflow = 0;
+  double straggleSeconds = 0;  // injected slowdown (workers)
 };
 
 // This rank's view of failures: the detector (null when there is none), the view epoch the

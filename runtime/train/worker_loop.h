@@ -70,6 +70,7 @@ class WorkerLoop {
   std::vector<Recovered> recovered_;
   void pollEvents();
   int64_t startStep_ = 0;
+  double straggleSeconds_ = 0;  // injected slowdown slept (--straggle, --straggle-random)
   int64_t totalSteps_ = 0;
   std::vector<std::string> events_;
 

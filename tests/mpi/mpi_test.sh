@@ -85,6 +85,13 @@ expect_fail no-worker "leaving no worker: start at least 3 ranks" 2 --servers 2
 expect_fail no-server "--servers" 3 --servers 0
 expect_fail big-group "--group-size 4 is larger than the 2 workers" 3 --group-size 4
 expect_fail bad-data "phoenix: error: .*fashion-mnist-missing" 3 --data-dir "$TMP/fashion-mnist-missing"
+expect_fail straggle-server "--straggle 0:3: rank 0 is not a worker" 3 --servers 1 --straggle 0:3
+
+# Straggler injection: rank 3 is 3x slower per sample (it sleeps twice its compute time), the
+# others not at all; under BSP everyone still does every step.
+if job straggle 4 --servers 1 --sync bsp --straggle 3:3; then
+  check straggle "{r['rank']: r['straggle_seconds'] > 0 for r in s['ranks'] if r['role'] == 'worker'} == {1: False, 2: False, 3: True} and s['updates_applied'] == 40"
+fi
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -90,6 +90,31 @@ TEST(Config, CosineScheduleGoesFromLrToZero) {
   EXPECT_GT(learningRate(c, 99, 100), 0.0);
 }
 
+TEST(Config, StraggleFactorsAreFixedPerRankAndRandomPerIteration) {
+  Config c;
+  EXPECT_EQ(c.straggleFactor(3, 0), 1.0);
+  c.straggle = "3:3,5:1.5";
+  EXPECT_EQ(c.straggleFactor(3, 7), 3.0);
+  EXPECT_EQ(c.straggleFactor(5, 7), 1.5);
+  EXPECT_EQ(c.straggleFactor(4, 7), 1.0);
+  EXPECT_EQ(c.straggleRanks(), (std::vector<int>{3, 5}));
+  c.straggle.clear();
+  c.straggleRandom = "0.25:4";
+  int slow = 0;
+  const int n = 4000;
+  for (int64_t step = 0; step < n; ++step) {
+    const double f = c.straggleFactor(2, step);
+    EXPECT_TRUE(f == 1.0 || f == 4.0);
+    slow += f > 1.0 ? 1 : 0;
+    EXPECT_EQ(f, c.straggleFactor(2, step));  // deterministic
+  }
+  EXPECT_NEAR(static_cast<double>(slow) / n, 0.25, 0.03);
+  // Different ranks straggle at different iterations.
+  int differ = 0;
+  for (int64_t step = 0; step < 400; ++step) differ += c.straggleFactor(2, step) != c.straggleFactor(3, step);
+  EXPECT_GT(differ, 50);
+}
+
 TEST(Config, RejectsBadValuesWithTheFlagName) {
   auto expectBad = [](auto mutate, const std::string& flag) {
     Config c;
@@ -110,6 +135,9 @@ TEST(Config, RejectsBadValuesWithTheFlagName) {
   expectBad([](Config& c) { c.recovery = "checkpoint"; c.replicas = 1; }, "--replicas");
   expectBad([](Config& c) { c.chainMode = "lazy"; }, "--chain-mode");
   expectBad([](Config& c) { c.backlogRule = "max"; }, "--backlog-rule");
+  expectBad([](Config& c) { c.straggle = "4"; }, "--straggle");
+  expectBad([](Config& c) { c.straggle = "4:0.5"; }, "--straggle");
+  expectBad([](Config& c) { c.straggleRandom = "1.5:3"; }, "--straggle-random");
   expectBad([](Config& c) { c.lrSchedule = "step"; }, "--lr-schedule");
   EXPECT_THROW(kernels::parseModelSpec("resnet"), UserError);
   EXPECT_THROW(kernels::parseModelSpec("synthetic:12x"), UserError);
