@@ -114,8 +114,16 @@ void addTrainFlags(CLI::App& app, phx::Config& c) {
   app.add_option("--group-size", c.groupSize,
                  "Workers per group: a group reduces its gradients first, its leader talks to the servers")
       ->check(CLI::Range(1, 4096))->capture_default_str();
-  app.add_option("--sync", c.sync, "Consistency: bsp, asp, or ssp (with --staleness)")
-      ->check(CLI::IsMember({"bsp", "asp", "ssp"}))->capture_default_str();
+  app.add_option("--sync", c.sync,
+                 "Consistency: bsp, asp, ssp (with --staleness), syncopt (with --backup-workers), "
+                 "consgd, dynsgd")
+      ->check(CLI::IsMember({"bsp", "asp", "ssp", "syncopt", "consgd", "dynsgd"}))->capture_default_str();
+  app.add_option("--backup-workers", c.backupWorkers,
+                 "syncopt: a round takes the first (groups - b) pushes and drops the rest")
+      ->check(CLI::Range(0, 4096))->capture_default_str();
+  app.add_option("--scale-updates", c.scaleUpdates,
+                 "asp/ssp: scale each update by 1/M (constant, ConSGD) or 1/(staleness+1) (staleness, DynSGD)")
+      ->check(CLI::IsMember({"none", "constant", "staleness"}))->capture_default_str();
   app.add_option("--staleness", c.staleness, "SSP bound: how many clocks a worker may run ahead of the slowest")
       ->check(CLI::Range(0, 1000000))->capture_default_str();
   app.add_option("--aggregate", c.aggregate,

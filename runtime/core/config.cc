@@ -127,7 +127,7 @@ std::vector<int> Config::straggleRanks() const {
 
 double Config::effectiveMomentum() const {
   if (momentum >= 0.0) return momentum;
-  return (sync == "asp" || sync == "ssp") ? 0.8 : 0.9;
+  return (sync == "asp" || sync == "ssp" || sync == "consgd" || sync == "dynsgd") ? 0.8 : 0.9;
 }
 
 void Config::validate() const {
@@ -152,8 +152,17 @@ void Config::validate() const {
   if (replicas < 0) PHX_USER_ERROR("--replicas ", replicas, " must be >= 0");
   if (spares < 0) PHX_USER_ERROR("--spares ", spares, " must be >= 0");
   if (groupSize < 1) PHX_USER_ERROR("--group-size ", groupSize, " must be >= 1");
-  if (sync != "bsp" && sync != "asp" && sync != "ssp")
-    PHX_USER_ERROR("--sync '", sync, "' is not known (accepted: bsp, asp, ssp)");
+  if (sync != "bsp" && sync != "asp" && sync != "ssp" && sync != "syncopt" && sync != "consgd" &&
+      sync != "dynsgd")
+    PHX_USER_ERROR("--sync '", sync, "' is not known (accepted: bsp, asp, ssp, syncopt, consgd, dynsgd)");
+  if (backupWorkers < 0) PHX_USER_ERROR("--backup-workers ", backupWorkers, " must be >= 0");
+  if (backupWorkers > 0 && sync != "syncopt")
+    PHX_USER_ERROR("--backup-workers is for --sync syncopt (now ", sync, ")");
+  if (scaleUpdates != "none" && scaleUpdates != "constant" && scaleUpdates != "staleness")
+    PHX_USER_ERROR("--scale-updates '", scaleUpdates, "' is not known (accepted: none, constant, staleness)");
+  if (scaleUpdates != "none" && sync != "asp" && sync != "ssp")
+    PHX_USER_ERROR("--scale-updates ", scaleUpdates, " combines with --sync asp or ssp only (now ", sync,
+                   "; consgd and dynsgd scale on their own)");
   if (staleness < 0) PHX_USER_ERROR("--staleness ", staleness, " must be >= 0");
   if (aggregate != "sum" && aggregate != "mean")
     PHX_USER_ERROR("--aggregate '", aggregate, "' is not known (accepted: sum, mean)");

@@ -42,8 +42,10 @@ struct Config {
   int replicas = 0;
   int spares = 0;
   int groupSize = 1;
-  std::string sync = "bsp";       // bsp | asp | ssp
+  std::string sync = "bsp";       // bsp | asp | ssp | syncopt | consgd | dynsgd
   int staleness = 3;              // SSP bound s
+  int backupWorkers = 0;          // syncopt: a round closes with the first workers - b pushes
+  std::string scaleUpdates = "none";  // asp/ssp: none | constant (ConSGD) | staleness (DynSGD)
   std::string aggregate = "sum";  // how a BSP round combines gradients: sum (the papers) | mean
   double peerTimeoutS = 120;      // longest wait on one peer before it is declared unresponsive
   // recovery (recovery/, docs/recovery.md)

@@ -79,7 +79,7 @@ void Server::dropClient(int c) {
   ++stats_.clientsLost;
   log::warn("shard ", opt_.shard, ": client ", c, " lost (its rank died); ",
             opt_.clients - doneCount_, " client(s) go on");
-  if (policy_.roundBased() && roundPushes_ > 0 && roundPushes_ == opt_.clients - doneCount_)
+  if (policy_.roundBased() && roundPushes_ > 0 && roundPushes_ >= roundQuorum())
     closeRound();
   finishRejoinIfReady();
   serveDeferred();
@@ -200,7 +200,18 @@ void Server::handlePush(const Header& h, int src) {
   else if (logical != clocks_[c])
     why = detail::concat("clock ", h.clock, " out of order (client ", c, " is at clock ",
                          clocks_[c] + offset_[c], ")");
-  else if (policy_.roundBased() && logical != round_)
+  else if (policy_.roundBased() && policy_.backupWorkers() > 0 && logical >= 0 && logical < round_) {
+    // Sync-opt: this round closed without it (a backup worker's push). Dropped and counted;
+    // the worker goes on with the open round.
+    t_.discardPayload(src, h.type, static_cast<size_t>(h.bytes), opt_.timeoutS);
+    ++stats_.dropped;
+    ++clocks_[c];
+    if (h.flags & transport::kPullAfter) {
+      const PendingPull p{c, src, logical + 1, h.clock + 1, stats_.version};
+      if (!tryServe(p)) deferred_.push_back(p);
+    }
+    return;
+  } else if (policy_.roundBased() && logical != round_)
     why = detail::concat("clock ", h.clock, " is not the open round ", round_ + offset_[c]);
   if (!why.empty()) {
     t_.discardPayload(src, h.type, static_cast<size_t>(h.bytes), opt_.timeoutS);
@@ -224,7 +235,7 @@ void Server::handlePush(const Header& h, int src) {
       roundBaseMin_ = std::min(roundBaseMin_, h.version);
     }
     ++roundPushes_;
-    if (roundPushes_ == opt_.clients - doneCount_) closeRound();
+    if (roundPushes_ >= roundQuorum()) closeRound();
   } else {
     apply(recv_.data(), h.version);
   }
@@ -242,7 +253,19 @@ void Server::closeRound() {
   apply(acc_.data(), roundBaseMin_);
 }
 
-void Server::apply(const float* grad, int64_t baseVersion) {
+int Server::roundQuorum() const {
+  return std::max(1, opt_.clients - doneCount_ - policy_.backupWorkers());
+}
+
+void Server::apply(float* grad, int64_t baseVersion) {
+  // ConSGD: every update scaled by 1/M; DynSGD: by 1/(staleness + 1).
+  const sync::Scaling sc = policy_.scaling();
+  if (sc != sync::Scaling::kNone) {
+    const float f = sc == sync::Scaling::kConstant
+                        ? 1.0f / static_cast<float>(opt_.clients)
+                        : 1.0f / static_cast<float>(std::max<int64_t>(0, stats_.version - baseVersion) + 1);
+    if (f != 1.0f) be_.scale(w_.size(), f, grad);
+  }
   kernels::SgdParams p = opt_.sgd;
   if (opt_.lrAt) p.lr = static_cast<float>(opt_.lrAt(stats_.version));
   applyWith(grad, baseVersion, p);
@@ -286,7 +309,7 @@ void Server::handleDone(const Header& h, int src) {
   ++doneCount_;
   log::debug("shard ", opt_.shard, ": client ", h.client, " done at clock ", clocks_[h.client]);
   // A round that was only waiting for this client can close now.
-  if (policy_.roundBased() && roundPushes_ > 0 && roundPushes_ == opt_.clients - doneCount_)
+  if (policy_.roundBased() && roundPushes_ > 0 && roundPushes_ >= roundQuorum())
     closeRound();
 }
 

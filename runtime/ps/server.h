@@ -73,6 +73,7 @@ struct ServerStats {
   int64_t duplicates = 0;     // re-sent pushes already applied (after a chain promotion)
   int64_t replicated = 0;     // chain: updates or states received from the predecessor
   int64_t bufferedApplied = 0;  // stateless: buffered updates applied in backlog steps
+  int64_t dropped = 0;        // Sync-opt: pushes that came after their round closed
 };
 
 class Server {
@@ -87,6 +88,7 @@ class Server {
   // One pass over the waiting messages; returns whether anything happened (tests drive this).
   bool step();
   bool allDone() const { return doneCount_ == opt_.clients; }
+  int activeClients() const { return opt_.clients - doneCount_; }
   // run() returns: every client done (the head), or released by the chief.
   bool finished() const { return released_ || (head_ && allDone()); }
   const std::vector<int64_t>& appliedPerClient() const { return applied_; }
@@ -153,7 +155,9 @@ class Server {
   void handlePush(const transport::Header& h, int src);
   void handlePull(const transport::Header& h, int src);
   void handleDone(const transport::Header& h, int src);
-  void apply(const float* grad, int64_t baseVersion);
+  void apply(float* grad, int64_t baseVersion);  // scales grad first (ConSGD, DynSGD)
+  // Pushes that close a round: every active client, less Sync-opt's backup workers.
+  int roundQuorum() const;
   // Applies one update with these SGD parameters (chain: forwarded with them).
   void applyWith(const float* grad, int64_t baseVersion, const kernels::SgdParams& p);
   void awaitSend(transport::SendId id);

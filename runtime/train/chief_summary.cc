@@ -147,7 +147,7 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
   s.updatesApplied = updates;
   s.updatesLost = 0;
   if (ft_.det) pollEvents();
-  const int64_t perStep = sync::makePolicy(cfg_.sync, cfg_.staleness)->roundBased() ? 1 : layout_.groups();
+  const int64_t perStep = policyOf(cfg_)->roundBased() ? 1 : layout_.groups();
   for (const recovery::FailureRecord& f : finalView.failures) {
     FailureRecord o;
     o.rank = f.rank;
@@ -172,14 +172,18 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
     s.updatesLost += o.updatesLost;
     s.failures.push_back(o);
   }
-  double snapshots = 0, ckptSeconds = 0, acked = 0, buffered = 0, overflow = 0, duplicates = 0;
+  double snapshots = 0, ckptSeconds = 0, acked = 0, buffered = 0, overflow = 0, duplicates = 0,
+         dropped = 0;
   for (const RankStats& r : all) {
     snapshots += r.snapshotsWritten;
     ckptSeconds += r.checkpointSeconds;
     acked += r.pushesAcked;
     buffered += r.buffered;
     overflow += r.overflow;
-    if (r.isServer && r.index == 0) duplicates += r.duplicates;
+    if (r.isServer && r.index == 0) {
+      duplicates += r.duplicates;
+      dropped += r.dropped;
+    }
   }
   // The counter invariant (docs/recovery.md): every push to shard 0 that a worker saw
   // acknowledged (or handed over in a backlog) is in the final state, unless a checkpoint
@@ -216,6 +220,9 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
              {"gradients_applied", detail::concat(gradientsApplied)},
              {"acknowledged_pushes_lost", detail::concat(ackedLost)},
              {"duplicate_pushes", detail::concat(static_cast<int64_t>(duplicates))},
+             {"gradients_dropped", detail::concat(static_cast<int64_t>(dropped))},
+             {"backup_workers", std::to_string(cfg_.backupWorkers)},
+             {"scale_updates", jsonString(cfg_.scaleUpdates)},
              {"buffered_updates", detail::concat(static_cast<int64_t>(buffered))},
              {"buffer_overflow", detail::concat(static_cast<int64_t>(overflow))},
              {"ranks", ranks}};

@@ -334,7 +334,10 @@ TrainResult runDistributed(const Config& cfg, transport::Transport& t,
   const ps::Role role = layout.roleOf(t.rank());
   log::setIdentity(t.rank(), ps::roleName(role), t.rank() == layout.chiefRank());
   if (t.rank() == layout.chiefRank()) log::info(layout.describe());
-  sync::makePolicy(cfg.sync, cfg.staleness);  // reject a bad --sync on every rank alike
+  policyOf(cfg);  // reject a bad --sync on every rank alike
+  if (cfg.backupWorkers >= layout.groups())
+    PHX_USER_ERROR("--backup-workers ", cfg.backupWorkers, " must be smaller than the ", layout.groups(),
+                   " worker group(s): a round needs at least one push");
   FtContext ft;
   ft.main = &t;
   ft.layout = &layout;

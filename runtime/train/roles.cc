@@ -51,6 +51,10 @@ kernels::SgdParams sgdOf(const Config& cfg) {
                             static_cast<float>(cfg.weightDecay), cfg.nesterov};
 }
 
+std::unique_ptr<phx::sync::SyncPolicy> policyOf(const Config& cfg) {
+  return phx::sync::makePolicy(cfg.sync, cfg.staleness, cfg.backupWorkers, cfg.scaleUpdates);
+}
+
 int ranksOnNode(const transport::Transport& t) {
   for (const char* v : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"})
     if (const char* s = std::getenv(v)) {

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 
 #include "kernels/backend.h"
@@ -13,6 +14,7 @@
 #include "runtime/data/fashion_mnist.h"
 #include "runtime/ps/client.h"
 #include "runtime/ps/layout.h"
+#include "runtime/sync/sync_policy.h"
 #include "runtime/transport/transport.h"
 
 namespace phx::train {
@@ -33,6 +35,7 @@ struct RankStats {
   // while a shard was down, updates dropped because the buffer was full
   double pushesAcked = 0, buffered = 0, overflow = 0;
   double straggleSeconds = 0;  // injected slowdown (workers)
+  double dropped = 0;          // Sync-opt: late pushes dropped (servers)
 };
 
 // This rank's view of failures: the detector (null when there is none), the view epoch the
@@ -101,6 +104,8 @@ struct Plan {
 };
 Plan plan(const Config& cfg, const data::Dataset& train, int workers);
 kernels::SgdParams sgdOf(const Config& cfg);
+// The consistency policy of the run (--sync, --staleness, --backup-workers, --scale-updates).
+std::unique_ptr<phx::sync::SyncPolicy> policyOf(const Config& cfg);
 int ranksOnNode(const transport::Transport& t);
 
 // The server roles (server_role.cc). serveShard serves `shard` until every client is done (or

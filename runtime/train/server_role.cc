@@ -25,7 +25,7 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
   const ps::KeyRange r = ranges[shard];
   std::vector<float> slice(all.begin() + r.lo, all.begin() + r.hi);
 
-  const auto policy = sync::makePolicy(cfg.sync, cfg.staleness);
+  const auto policy = policyOf(cfg);
   const Plan p = plan(cfg, fm.train, layout.workers());
   // Updates the server will apply over the run: one per round (BSP) or one per push.
   const int64_t perStep = policy->roundBased() ? 1 : layout.groups();
@@ -245,6 +245,7 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
   rs.duplicates = static_cast<double>(s.duplicates);
   rs.replicated = static_cast<double>(s.replicated);
   rs.bufferedApplied = static_cast<double>(s.bufferedApplied);
+  rs.dropped = static_cast<double>(s.dropped);
   rs.snapshotsWritten = static_cast<double>(writer ? writer->written() : written);
   rs.checkpointSeconds = writer ? writer->waitedSeconds() + ckptSeconds : ckptSeconds;
   int reportedTo = ft.chief;

@@ -93,5 +93,12 @@ if job straggle 4 --servers 1 --sync bsp --straggle 3:3; then
   check straggle "{r['rank']: r['straggle_seconds'] > 0 for r in s['ranks'] if r['role'] == 'worker'} == {1: False, 2: False, 3: True} and s['updates_applied'] == 40"
 fi
 
+# Sync-opt with one backup worker: every round applies 2 of the 3 workers' gradients; the
+# straggler's late ones are dropped and counted; none is lost or applied twice.
+if job syncopt 4 --servers 1 --sync syncopt --backup-workers 1 --straggle 3:4; then
+  check syncopt "s['updates_applied'] == 40 and s['gradients_applied'] == 2 * 40 and s['gradients_applied'] + s['gradients_dropped'] == 3 * 40"
+fi
+expect_fail syncopt-all-backup "--backup-workers 2 must be smaller than the 2 worker" 3 --servers 1 --sync syncopt --backup-workers 2
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
