@@ -1,0 +1,221 @@
+// Recovery at the protocol level, ranks as threads over the in-process transport: chain
+// replication (bit-identical replica, acknowledgement only once the tail has the update), the
+// membership views (promotion, tail join, serialisation) and the failure detector (heartbeats,
+// a failure the MPI library reports).
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <mutex>
+#include <thread>
+
+#include "kernels/cpu/cpu_backend.h"
+#include "runtime/ps/client.h"
+#include "runtime/ps/layout.h"
+#include "runtime/ps/server.h"
+#include "recovery/detector.h"
+#include "recovery/view.h"
+#include "runtime/transport/inproc/inproc_transport.h"
+
+namespace phx {
+namespace {
+
+using transport::Header;
+using transport::InprocFabric;
+using transport::InprocTransport;
+using transport::MsgType;
+
+constexpr double kTimeout = 20.0;
+
+// Chain replication over the in-process transport: a head and one replica, two ASP workers.
+// The replica applies every forwarded update itself; at the end its state must be
+// bit-identical to the head's, and no pull reply (the push's acknowledgement) may have been
+// sent before the tail had that update.
+TEST(Chain, SyncReplicaIsBitIdenticalAndAcknowledgesEveryUpdate) {
+  const int workers = 2, steps = 40;
+  const int64_t keys = 1000;
+  ps::RoleLayout layout(2 + workers, 1, 1, 0, 1);
+  InprocFabric fabric(layout.worldSize());
+  std::vector<std::unique_ptr<InprocTransport>> ts;
+  for (int r = 0; r < layout.worldSize(); ++r) ts.push_back(std::make_unique<InprocTransport>(fabric, r));
+  auto policy = sync::makePolicy("asp", 0);
+  ps::ServerOptions o;
+  o.shard = 0;
+  o.range = ps::KeyRange{0, keys};
+  o.clients = workers;
+  o.sgd = kernels::SgdParams{0.05f, 0.9f, 0.0f, false};
+  o.timeoutS = kTimeout;
+  o.chain = ps::ServerOptions::Chain::kSync;
+  kernels::CpuBackend be0(1), be1(1);
+  ps::Server head(*ts[0], layout, o, *policy, be0, std::vector<float>(keys, 0.5f));
+  ps::Server replica(*ts[1], layout, o, *policy, be1, std::vector<float>(keys, 0.5f));
+  replica.setHead(false);
+  replica.setHasState(false);
+  replica.setChain(0, -1);
+  head.setChain(0, 1);  // sends the whole state first
+  std::vector<int64_t> ackedSeen;
+  std::mutex mu;
+  std::thread th([&] { head.run(-1); });
+  std::thread tr([&] { replica.run(-1); });
+  std::vector<std::thread> ws;
+  for (int w = 0; w < workers; ++w)
+    ws.emplace_back([&, w] {
+      const int rank = layout.workerRank(w);
+      ps::PsClient c(*ts[rank], layout, {o.range}, w, 0, kTimeout);
+      std::vector<float> params(keys), grads(keys);
+      c.pull(0, params.data());
+      for (int k = 0; k < steps; ++k) {
+        for (int64_t i = 0; i < keys; ++i) grads[i] = 0.01f * static_cast<float>((i * 7 + k * 3 + w) % 11) - 0.05f;
+        c.push(k, grads.data(), true);
+        c.awaitWeights(k + 1, params.data());
+        c.waitPushes();
+        std::lock_guard<std::mutex> lock(mu);
+        ackedSeen.push_back(c.version(0));
+      }
+      c.done();
+    });
+  for (auto& t : ws) t.join();
+  th.join();
+  // The chief releases the replica.
+  Header rel;
+  rel.type = MsgType::kDone;
+  ts[layout.chiefRank()]->waitSend(ts[layout.chiefRank()]->send(1, rel, nullptr), kTimeout);
+  tr.join();
+  EXPECT_EQ(head.stats().version, workers * steps);
+  EXPECT_EQ(replica.stats().version, head.stats().version);
+  EXPECT_EQ(replica.stats().gradients, head.stats().gradients);
+  EXPECT_EQ(replica.weights(), head.weights());    // bit-identical, momentum too
+  EXPECT_EQ(replica.momentum(), head.momentum());
+  EXPECT_EQ(head.chainAcked(), head.stats().version);
+  // A reply reports the acknowledged version: never more than the tail had applied.
+  for (int64_t v : ackedSeen) EXPECT_LE(v, replica.stats().version);
+}
+
+TEST(View, ChainPromotesTheFirstBackupAndASpareJoinsTheTail) {
+  ps::RoleLayout layout(8, 1, 2, 1, 1);  // head 0, backups 1 2, spare 3, workers 4..7
+  recovery::View v = recovery::initialView(layout);
+  ASSERT_EQ(v.backups[0], (std::vector<int>{1, 2}));
+  EXPECT_EQ(v.successorOf(0, 0), 1);
+  EXPECT_EQ(v.successorOf(0, 2), -1);
+  const std::vector<double> none(8, 0.0);
+  recovery::View n = recovery::nextView(v, layout, {0}, 1, 1.0, none, none);
+  EXPECT_EQ(n.shardRank[0], 1);                      // promoted
+  EXPECT_EQ(n.backups[0], (std::vector<int>{2, 3}));  // the spare joins at the tail
+  EXPECT_TRUE(n.spares.empty());
+  ASSERT_EQ(n.failures.size(), 1u);
+  EXPECT_EQ(n.failures[0].replacedBy, 1);
+  EXPECT_EQ(n.failures[0].promoted, 1);
+  // A middle member dies: its predecessor now forwards to the tail.
+  recovery::View m = recovery::nextView(n, layout, {2}, 1, 2.0, none, none);
+  EXPECT_EQ(m.shardRank[0], 1);
+  EXPECT_EQ(m.backups[0], (std::vector<int>{3}));
+  EXPECT_EQ(m.successorOf(0, 1), 3);
+  EXPECT_EQ(m.failures.back().backupOf, 0);
+  // Head and its only backup die at once (a failure during the rebuild): the shard is lost.
+  recovery::View z = recovery::nextView(m, layout, {1, 3}, 4, 3.0, none, none);
+  EXPECT_EQ(z.shardRank[0], -1);
+  // Views survive serialisation.
+  const auto bytes = m.serialize();
+  const recovery::View p = recovery::View::parse(bytes.data(), bytes.size());
+  EXPECT_EQ(p.backups, m.backups);
+  EXPECT_EQ(p.shardRank, m.shardRank);
+}
+
+// A transport that passes everything through and lets a test play the MPI library reporting a
+// failed process (ULFM's MPIX_ERR_PROC_FAILED), the detector's second source.
+class ReportingTransport final : public transport::Transport {
+ public:
+  explicit ReportingTransport(transport::Transport& inner) : in_(inner) {}
+  int rank() const override { return in_.rank(); }
+  int size() const override { return in_.size(); }
+  transport::SendId send(int dst, const Header& h, const void* p) override { return in_.send(dst, h, p); }
+  bool sendDone(transport::SendId id) override { return in_.sendDone(id); }
+  bool poll(MsgType type, Header* h, int* src) override { return in_.poll(type, h, src); }
+  void recvPayload(int src, MsgType type, void* dst, size_t bytes, double timeoutS) override {
+    in_.recvPayload(src, type, dst, bytes, timeoutS);
+  }
+  void markDead(int r) override { in_.markDead(r); }
+  std::vector<int> reportedFailures() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<int> out;
+    out.swap(reported_);
+    return out;
+  }
+  void report(int r) {
+    std::lock_guard<std::mutex> lock(mu_);
+    reported_.push_back(r);
+  }
+
+ private:
+  transport::Transport& in_;
+  std::mutex mu_;
+  std::vector<int> reported_;
+};
+
+// Waits up to `seconds` for pred; returns the seconds it took (or a negative number).
+template <class P>
+double waitUntil(double seconds, P pred) {
+  const auto t0 = std::chrono::steady_clock::now();
+  for (;;) {
+    const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (pred()) return el;
+    if (el > seconds) return -1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
+TEST(Detector, HeartbeatsCatchASilentRankAndEveryoneInstallsTheSameView) {
+  ps::RoleLayout layout(4, 1, 0, 1, 1);  // server 0, spare 1, workers 2-3
+  InprocFabric fabric(4);
+  std::vector<std::unique_ptr<InprocTransport>> ts;
+  std::vector<std::unique_ptr<recovery::FailureDetector>> det;
+  for (int r = 0; r < 4; ++r) {
+    ts.push_back(std::make_unique<InprocTransport>(fabric, r));
+    det.push_back(std::make_unique<recovery::FailureDetector>(*ts[r], layout,
+                                                               recovery::DetectorOptions{0.01, 0.3}));
+  }
+  for (auto& d : det) d->start();
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  det[0]->haltForTest();  // the server (and coordinator) dies without a word
+  const double took = waitUntil(5.0, [&] {
+    for (int r = 1; r < 4; ++r)
+      if (det[r]->view().isAlive(0)) return false;
+    return true;
+  });
+  ASSERT_GT(took, 0.0) << "the dead coordinator was not declared";
+  EXPECT_GE(took, 0.2);  // not before the timeout
+  const recovery::View v = det[1]->view();
+  EXPECT_EQ(v.shardRank[0], 1);  // the spare takes the shard
+  ASSERT_EQ(v.failures.size(), 1u);
+  EXPECT_EQ(v.failures[0].rank, 0);
+  for (int r = 2; r < 4; ++r) {
+    EXPECT_EQ(det[r]->view().epoch, v.epoch);
+    EXPECT_EQ(det[r]->view().shardRank, v.shardRank);
+  }
+  for (int r = 1; r < 4; ++r) det[r]->leave();
+}
+
+TEST(Detector, AFailureTheLibraryReportsIsDeclaredWithoutWaitingForTheTimeout) {
+  ps::RoleLayout layout(4, 1, 0, 0, 1);
+  InprocFabric fabric(4);
+  std::vector<std::unique_ptr<InprocTransport>> ts;
+  for (int r = 0; r < 4; ++r) ts.push_back(std::make_unique<InprocTransport>(fabric, r));
+  ReportingTransport reporting(*ts[0]);
+  std::vector<std::unique_ptr<recovery::FailureDetector>> det;
+  const recovery::DetectorOptions opt{0.01, 5.0};  // heartbeats alone would take 5 s
+  det.push_back(std::make_unique<recovery::FailureDetector>(reporting, layout, opt));
+  for (int r = 1; r < 4; ++r) det.push_back(std::make_unique<recovery::FailureDetector>(*ts[r], layout, opt));
+  for (auto& d : det) d->start();
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  det[3]->haltForTest();
+  reporting.report(3);  // the coordinator's MPI says rank 3 failed
+  const double took = waitUntil(2.0, [&] { return !det[1]->view().isAlive(3); });
+  ASSERT_GT(took, 0.0) << "the reported failure was not declared within 2 s";
+  EXPECT_LT(took, 1.0);
+  for (int r = 0; r < 3; ++r) det[r]->leave();
+}
+
+
+}  // namespace
+}  // namespace phx
