@@ -16,17 +16,12 @@
 #include "runtime/ps/server.h"
 #include "recovery/detector.h"
 #include "recovery/view.h"
-#include "runtime/transport/inproc/inproc_transport.h"
+#include "tests/unit/inproc_test.h"
 
 namespace phx {
 namespace {
 
-using transport::Header;
-using transport::InprocFabric;
-using transport::InprocTransport;
-using transport::MsgType;
-
-constexpr double kTimeout = 20.0;
+using namespace phx::testing;  // NOLINT(google-build-using-namespace): the inproc test kit
 
 // Chain replication over the in-process transport: a head and one replica, two ASP workers.
 // The replica applies every forwarded update itself; at the end its state must be

@@ -15,18 +15,13 @@
 #include "runtime/ps/layout.h"
 #include "runtime/ps/server.h"
 #include "runtime/train/dist_trainer.h"
-#include "runtime/transport/inproc/inproc_transport.h"
+#include "tests/unit/inproc_test.h"
 #include "tests/unit/toy_data.h"
 
 namespace phx {
 namespace {
 
-using transport::Header;
-using transport::InprocFabric;
-using transport::InprocTransport;
-using transport::MsgType;
-
-constexpr double kTimeout = 20.0;
+using namespace phx::testing;  // NOLINT(google-build-using-namespace): the inproc test kit
 
 TEST(Layout, RolesInRankOrder) {
   const ps::RoleLayout l(9, 2, 1, 1, 2);  // 2 servers, 2 replicas, 1 spare, 4 workers

@@ -14,17 +14,12 @@
 #include "runtime/ps/layout.h"
 #include "runtime/ps/server.h"
 #include "runtime/sync/sync_policy.h"
-#include "runtime/transport/inproc/inproc_transport.h"
+#include "tests/unit/inproc_test.h"
 
 namespace phx {
 namespace {
 
-using transport::Header;
-using transport::InprocFabric;
-using transport::InprocTransport;
-using transport::MsgType;
-
-constexpr double kTimeout = 20.0;
+using namespace phx::testing;  // NOLINT(google-build-using-namespace): the inproc test kit
 
 // One shard of `keys` zero weights, plain SGD with lr 1 (w -= g: every applied gradient is
 // visible in the weights), served on its own thread by `policy`.
