@@ -3,7 +3,7 @@
 
 #include "runtime/transport/inproc/inproc_transport.h"
 
-namespace phx::testing {
+namespace phx::inproc_test {
 
 using transport::Header;
 using transport::InprocFabric;
@@ -13,4 +13,4 @@ using transport::MsgType;
 // Deadline of any single wait in these tests (a hang fails instead of blocking ctest).
 inline constexpr double kTimeout = 20.0;
 
-}  // namespace phx::testing
+}  // namespace phx::inproc_test

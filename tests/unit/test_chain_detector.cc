@@ -21,7 +21,7 @@
 namespace phx {
 namespace {
 
-using namespace phx::testing;  // NOLINT(google-build-using-namespace): the inproc test kit
+using namespace phx::inproc_test;  // NOLINT(google-build-using-namespace): the inproc test kit
 
 // Chain replication over the in-process transport: a head and one replica, two ASP workers.
 // The replica applies every forwarded update itself; at the end its state must be

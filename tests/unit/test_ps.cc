@@ -21,7 +21,7 @@
 namespace phx {
 namespace {
 
-using namespace phx::testing;  // NOLINT(google-build-using-namespace): the inproc test kit
+using namespace phx::inproc_test;  // NOLINT(google-build-using-namespace): the inproc test kit
 
 TEST(Layout, RolesInRankOrder) {
   const ps::RoleLayout l(9, 2, 1, 1, 2);  // 2 servers, 2 replicas, 1 spare, 4 workers

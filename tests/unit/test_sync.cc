@@ -19,7 +19,7 @@
 namespace phx {
 namespace {
 
-using namespace phx::testing;  // NOLINT(google-build-using-namespace): the inproc test kit
+using namespace phx::inproc_test;  // NOLINT(google-build-using-namespace): the inproc test kit
 
 // One shard of `keys` zero weights, plain SGD with lr 1 (w -= g: every applied gradient is
 // visible in the weights), served on its own thread by `policy`.
