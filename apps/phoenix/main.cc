@@ -182,6 +182,10 @@ void addTrainFlags(CLI::App& app, phx::Config& c) {
   app.add_option("--straggle-random", c.straggleRandom,
                  "Injection: P:FACTOR makes every worker a FACTOR-times straggler with probability P "
                  "in each iteration (transient stragglers; seeded by --seed)");
+  app.add_option("--straggler-theta", c.stragglerTheta,
+                 "Straggler projection: a worker whose step time (moving average) exceeds (1 + theta) "
+                 "x the median of the workers is a straggler")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
   app.add_option("--metrics", c.metricsPath, "Write one CSV row per evaluation to this file");
   app.add_option("--summary", c.summaryPath, "Write a JSON summary of the run to this file");
   app.add_option("--eval-every", c.evalEvery,

@@ -196,6 +196,8 @@ void Config::validate() const {
   killServerAt();
   killWorkerAt();
   parseStraggle(straggle, straggleRandom);
+  if (!(stragglerTheta >= 0.0) || !std::isfinite(stragglerTheta))
+    PHX_USER_ERROR("--straggler-theta ", stragglerTheta, " must be >= 0");
 }
 
 }  // namespace phx

@@ -70,6 +70,7 @@ struct Config {
   // sample; "P:FACTOR" makes each worker a straggler with probability P in each iteration
   std::string straggle;
   std::string straggleRandom;
+  double stragglerTheta = 0.2;  // projection: a straggler's step average exceeds (1 + theta) x median
   bool launchSurvives = false;  // set by apps/: the MPI launch keeps survivors alive
   // outputs
   std::string metricsPath;

@@ -101,6 +101,7 @@ void PsClient::sendPush(int s) {
   h.offset = ranges_[s].lo;
   h.bytes = ranges_[s].size() * static_cast<int64_t>(sizeof(float));
   h.value = out_.loss;
+  h.aux = stepMicros_;
   pending_.push_back(t_.send(dir_.rank[s], h, out_.grads + ranges_[s].lo));
   bytesSent_ += static_cast<double>(h.bytes);
 }
@@ -250,6 +251,7 @@ void PsClient::awaitWeights(int64_t clock, float* params) {
     bytesReceived_ += static_cast<double>(h.bytes);
     versions_[s] = h.version;
     steps_[s] = static_cast<int64_t>(h.value);
+    if (s == 0 && h.aux > 0) medianMicros_ = h.aux;
     got[s] = 1;
     if (s == 0 && out_.isPush) ++acked0_;
   }

@@ -4,6 +4,7 @@
 // must not overwrite the gradients before waitPushes() (the next backward pass does).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <vector>
@@ -31,6 +32,10 @@ class PsClient {
   // Sends this client's gradient of `clock` to every shard; with pullAfter the same message
   // asks for the weights of clock + 1 (collect them with awaitWeights).
   void push(int64_t clock, const float* grads, bool pullAfter, double loss = 0);
+  // Straggler projection: this client's step time (seconds, a moving average) sent with every
+  // push, and the median over the clients that the servers send back (0: not known yet).
+  void setStepSeconds(double s) { stepMicros_ = static_cast<int32_t>(std::min(s * 1e6, 2e9)); }
+  double medianStepSeconds() const { return medianMicros_ * 1e-6; }
   // Waits for every shard's reply for `clock` and writes it into params.
   void awaitWeights(int64_t clock, float* params);
   void waitPushes();
@@ -115,6 +120,7 @@ class PsClient {
   std::vector<std::vector<float>> backlog_;
   std::vector<char> lastSent_;  // the backlog told the server this client is done
   double bytesSent_ = 0, bytesReceived_ = 0;
+  int32_t stepMicros_ = 0, medianMicros_ = 0;
 };
 
 }  // namespace phx::ps

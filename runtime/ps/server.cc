@@ -29,6 +29,7 @@ Server::Server(transport::Transport& t, const RoleLayout& layout, const ServerOp
   known_.assign(opt_.clients, 1);
   done_.assign(opt_.clients, 0);
   applied_.assign(opt_.clients, 0);
+  stepMicros_.assign(opt_.clients, 0);
   headRank_ = t_.rank();
 }
 
@@ -181,6 +182,7 @@ bool Server::step() {
 void Server::handlePush(const Header& h, int src) {
   if (!validate(h, src, MsgType::kPush, true)) return;
   const int c = h.client;
+  if (h.aux > 0) stepMicros_[c] = h.aux;  // straggler projection (also from a late push)
   std::string why;
   if (!done_[c]) resolveOffset(c, h.clock);
   const int64_t logical = h.clock - offset_[c];
@@ -251,6 +253,15 @@ void Server::closeRound() {
   roundPushes_ = 0;
   ++round_;  // before apply: a snapshot taken after the update records the closed round
   apply(acc_.data(), roundBaseMin_);
+}
+
+int32_t Server::medianStepMicros() const {
+  std::vector<int32_t> v;
+  for (int c = 0; c < opt_.clients; ++c)
+    if (!done_[c] && stepMicros_[c] > 0) v.push_back(stepMicros_[c]);
+  if (v.empty()) return 0;
+  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
+  return v[v.size() / 2];
 }
 
 int Server::roundQuorum() const {
@@ -341,6 +352,7 @@ bool Server::tryServe(const PendingPull& p) {
                                                        : stats_.version;
   // The server's position in worker steps (a resumed job's workers start from it).
   r.value = static_cast<double>(policy_.roundBased() ? round_ : stats_.version / opt_.clients);
+  r.aux = medianStepMicros();
   r.offset = opt_.range.lo;
   r.bytes = static_cast<int64_t>(w_.size() * sizeof(float));
   inflight_.push_back(t_.send(p.src, r, w_.data()));

@@ -201,6 +201,8 @@ class Server {
   std::vector<transport::SendId> inflight_;
   ServerStats stats_;
   std::vector<int64_t> applied_;  // pushes applied per client (replicated; lost-update counts)
+  std::vector<int32_t> stepMicros_;  // straggler projection: each client's last reported step time
+  int32_t medianStepMicros() const;
   // chain replication
   bool head_ = true, hasState_ = true, released_ = false;
   int reportTo_ = -1;

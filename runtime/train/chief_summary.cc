@@ -62,6 +62,9 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
   mine.bytesOut = client_.bytesSent();
   mine.pushesAcked = static_cast<double>(client_.acknowledged());
   mine.straggleSeconds = straggleSeconds_;
+  mine.stragglerSteps = static_cast<double>(projection_.count(phx::sync::WorkerClass::kStraggler));
+  mine.pioneerSteps = static_cast<double>(projection_.count(phx::sync::WorkerClass::kPioneer));
+  mine.firstStraggler = static_cast<double>(projection_.firstStraggler());
   mine.buffered = static_cast<double>(client_.buffered());
   mine.overflow = static_cast<double>(client_.overflow());
   all.push_back(mine);
@@ -130,14 +133,16 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
     } else {
       totalSamples += r.samples;
     }
-    char row[400];
+    char row[512];
     std::snprintf(row, sizeof row,
                   "%s{\"rank\": %d, \"role\": \"%s\", \"cpu_seconds\": %.3f, \"wall_seconds\": "
                   "%.3f, \"samples\": %.0f, \"updates\": %.0f, \"bytes_in\": %.0f, \"bytes_out\": %.0f, "
-                  "\"straggle_seconds\": %.3f}",
+                  "\"straggle_seconds\": %.3f, \"straggler_steps\": %.0f, \"pioneer_steps\": %.0f, "
+                  "\"first_straggler_step\": %.0f}",
                   ranks.size() > 1 ? ", " : "", static_cast<int>(r.rank),
                   r.isServer ? "server" : "worker", r.cpuSeconds, r.seconds, r.samples,
-                  r.version, r.bytesIn, r.bytesOut, r.straggleSeconds);
+                  r.version, r.bytesIn, r.bytesOut, r.straggleSeconds, r.stragglerSteps, r.pioneerSteps,
+                  r.firstStraggler);
     ranks += row;
   }
   ranks += "]";

@@ -130,6 +130,18 @@ bool WorkerLoop::reportAndIdle(const RankStats& rs) {
   return becameChief;
 }
 
+// Straggler projection: this step's compute time goes into the moving average the next push
+// carries; the median the servers sent back with the last weights classifies this worker.
+void WorkerLoop::project(double stepSeconds) {
+  client_.setStepSeconds(projection_.observe(stepSeconds));
+  const phx::sync::WorkerClass c = projection_.classify(client_.medianStepSeconds());
+  if (c == phx::sync::WorkerClass::kStraggler && projection_.warnNow())
+    log::warn("STRAGGLER worker ", w_, " (rank ", t_.rank(), "): ", projection_.streak(),
+              " steps in a row at ", projection_.average() * 1e3, " ms per step against a median of ",
+              client_.medianStepSeconds() * 1e3, " ms (",
+              projection_.average() / client_.medianStepSeconds(), "x)");
+}
+
 void WorkerLoop::shareWeights(int64_t clock) {
   std::vector<transport::SendId> ids;
   for (int m = leader_ + 1; m < layout_.groupEnd(group_); ++m) {
@@ -262,6 +274,7 @@ TrainResult WorkerLoop::run() {
       std::this_thread::sleep_for(std::chrono::duration<double>(extra));
       straggleSeconds_ += extra;
     }
+    project(std::chrono::duration<double>(std::chrono::steady_clock::now() - c0).count());
     const double loss = r.lossSum / n;
     if (!std::isfinite(loss))
       PHX_USER_ERROR("training diverged at step ", step, " on worker ", w_, " (loss ", loss,
@@ -299,6 +312,9 @@ TrainResult WorkerLoop::run() {
     rs.bytesIn = client_.bytesReceived();
     rs.bytesOut = client_.bytesSent();
     rs.straggleSeconds = straggleSeconds_;
+    rs.stragglerSteps = static_cast<double>(projection_.count(phx::sync::WorkerClass::kStraggler));
+    rs.pioneerSteps = static_cast<double>(projection_.count(phx::sync::WorkerClass::kPioneer));
+    rs.firstStraggler = static_cast<double>(projection_.firstStraggler());
     if (isLeader()) {
       rs.pushesAcked = static_cast<double>(client_.acknowledged());
       rs.buffered = static_cast<double>(client_.buffered());

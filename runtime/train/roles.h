@@ -35,6 +35,8 @@ struct RankStats {
   // while a shard was down, updates dropped because the buffer was full
   double pushesAcked = 0, buffered = 0, overflow = 0;
   double straggleSeconds = 0;  // injected slowdown (workers)
+  // straggler projection (workers): steps classified straggler / pioneer, first straggler step
+  double stragglerSteps = 0, pioneerSteps = 0, firstStraggler = -1;
   double dropped = 0;          // Sync-opt: late pushes dropped (servers)
 };
 

@@ -11,6 +11,7 @@
 #include "kernels/model.h"
 #include "recovery/view.h"
 #include "runtime/core/metrics.h"
+#include "runtime/sync/projection.h"
 #include "runtime/train/dist_trainer.h"
 #include "runtime/train/roles.h"
 
@@ -38,6 +39,7 @@ class WorkerLoop {
       hostGrads_.resize(n_);
     }
     if (isLeader() && layout_.groupEnd(group_) - leader_ > 1) recv_.resize(n_);
+    projection_ = phx::sync::StragglerProjection(cfg.stragglerTheta);
     if (ft_.det)
       client_.setRefresh([this] { return onViewChange(); });
     if (ft_.det && isLeader() && (ft_.mode == "stateless" || ft_.mode == "hybrid"))
@@ -71,6 +73,8 @@ class WorkerLoop {
   void pollEvents();
   int64_t startStep_ = 0;
   double straggleSeconds_ = 0;  // injected slowdown slept (--straggle, --straggle-random)
+  phx::sync::StragglerProjection projection_{0.2};
+  void project(double stepSeconds);
   int64_t totalSteps_ = 0;
   std::vector<std::string> events_;
 

@@ -58,7 +58,9 @@ struct Header {
   int32_t shard = -1;   // parameter shard the message is about (-1: none)
   int32_t client = -1;  // logical worker/client index of the sender or addressee
   int32_t epoch = 0;    // recovery epoch (bumped on every communicator rebuild)
-  int32_t reserved = 0;
+  // Straggler projection: on a push, the worker's step compute time (microseconds, EMA); on a
+  // pull reply, the median of those over the shard's active clients (0: not known yet).
+  int32_t aux = 0;
   int64_t clock = 0;    // the worker's iteration
   int64_t version = 0;  // shard version (updates applied) the payload is at / based on
   int64_t offset = 0;   // first key of the payload in the flat parameter vector

@@ -13,6 +13,7 @@
 #include "runtime/ps/client.h"
 #include "runtime/ps/layout.h"
 #include "runtime/ps/server.h"
+#include "runtime/sync/projection.h"
 #include "runtime/sync/sync_policy.h"
 #include "tests/unit/inproc_test.h"
 
@@ -142,6 +143,34 @@ TEST(SyncOpt, AppliesExactlyNOfNPlusBGradientsPerRoundAndCountsTheDropped) {
   for (float x : job.server->weights()) EXPECT_FLOAT_EQ(x, -static_cast<float>(s.gradients));
 }
 
+
+TEST(Projection, AWorkerSlowedThreeTimesIsAStragglerWithinAFewIterations) {
+  sync::StragglerProjection slow(0.2), fast(0.2);
+  const double median = 0.010;  // what the servers report: the other workers' step time
+  int firstSlow = -1;
+  for (int k = 0; k < 30; ++k) {
+    slow.observe(0.030 * (1.0 + 0.05 * ((k % 3) - 1)));  // 3x, with some noise
+    fast.observe(0.0095);
+    if (slow.classify(median) == sync::WorkerClass::kStraggler && firstSlow < 0) firstSlow = k;
+    EXPECT_NE(fast.classify(median), sync::WorkerClass::kStraggler);
+  }
+  EXPECT_GE(firstSlow, 0);
+  EXPECT_LE(firstSlow, 2);
+  EXPECT_EQ(slow.count(sync::WorkerClass::kStraggler), 30 - firstSlow);
+  EXPECT_EQ(fast.count(sync::WorkerClass::kPioneer), 30);
+  // Unknown until the servers have a median; the stall warning comes at 20 in a row, then
+  // every 200.
+  sync::StragglerProjection p(0.2);
+  p.observe(0.03);
+  EXPECT_EQ(p.classify(0), sync::WorkerClass::kUnknown);
+  int warnings = 0;
+  for (int k = 0; k < 420; ++k) {
+    p.observe(0.03);
+    p.classify(0.01);
+    warnings += p.warnNow() ? 1 : 0;
+  }
+  EXPECT_EQ(warnings, 3);  // at 20, 220, 420
+}
 
 }  // namespace
 }  // namespace phx

@@ -1,0 +1,37 @@
+#include "runtime/sync/projection.h"
+
+namespace phx::sync {
+
+const char* className(WorkerClass c) {
+  switch (c) {
+    case WorkerClass::kUnknown: return "unknown";
+    case WorkerClass::kPioneer: return "pioneer";
+    case WorkerClass::kNormal: return "normal";
+    case WorkerClass::kStraggler: return "straggler";
+  }
+  return "?";
+}
+
+double StragglerProjection::observe(double seconds) {
+  ema_ = ema_ == 0 ? seconds : alpha_ * seconds + (1 - alpha_) * ema_;
+  return ema_;
+}
+
+WorkerClass StragglerProjection::classify(double median) {
+  WorkerClass c = WorkerClass::kUnknown;
+  if (median > 0 && ema_ > 0)
+    c = ema_ > (1 + theta_) * median ? WorkerClass::kStraggler
+        : ema_ < median              ? WorkerClass::kPioneer
+                                     : WorkerClass::kNormal;
+  ++counts_[static_cast<int>(c)];
+  if (c == WorkerClass::kStraggler) {
+    ++streak_;
+    if (firstStraggler_ < 0) firstStraggler_ = classified_;
+  } else {
+    streak_ = 0;
+  }
+  ++classified_;
+  return c;
+}
+
+}  // namespace phx::sync
