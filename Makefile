@@ -7,7 +7,7 @@ PHX := $(BUILD)/bin/phoenix
 RUN_DIR ?= phoenix-run
 
 
-.PHONY: all deps build run run-local test-fault test test-unit bench bench-torch bench-runtime bench-recovery accuracy clean
+.PHONY: all deps build run run-local test-fault test test-unit bench bench-torch bench-runtime bench-recovery bench-micro accuracy clean
 
 all: build
 
@@ -57,6 +57,10 @@ bench-torch: build
 # Parameter-server runtime figures (push+pull vs allreduce, job throughput, CPU per rank).
 bench-runtime: build
 	apps/scripts/bench_runtime.sh $(PHX)
+
+# Micro-benchmarks of per-step bookkeeping (Google Benchmark; docs/perf.md).
+bench-micro: build
+	$(BUILD)/bin/micro_bench
 
 # Detection and recovery times of every recovery mode (docs/recovery.md): 10 real kills per
 # mode, under ASP and BSP; and the cost of checkpoints.

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "runtime/core/log.h"
+#include "runtime/sync/projection.h"
 
 namespace phx::ps {
 
@@ -259,9 +260,7 @@ int32_t Server::medianStepMicros() const {
   std::vector<int32_t> v;
   for (int c = 0; c < opt_.clients; ++c)
     if (!done_[c] && stepMicros_[c] > 0) v.push_back(stepMicros_[c]);
-  if (v.empty()) return 0;
-  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
-  return v[v.size() / 2];
+  return sync::medianOf(std::move(v));
 }
 
 int Server::roundQuorum() const {

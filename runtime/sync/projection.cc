@@ -1,5 +1,7 @@
 #include "runtime/sync/projection.h"
 
+#include <algorithm>
+
 namespace phx::sync {
 
 const char* className(WorkerClass c) {
@@ -10,6 +12,12 @@ const char* className(WorkerClass c) {
     case WorkerClass::kStraggler: return "straggler";
   }
   return "?";
+}
+
+int32_t medianOf(std::vector<int32_t> v) {
+  if (v.empty()) return 0;
+  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
+  return v[v.size() / 2];
 }
 
 double StragglerProjection::observe(double seconds) {

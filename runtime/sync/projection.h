@@ -6,10 +6,13 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace phx::sync {
 
 enum class WorkerClass { kUnknown, kPioneer, kNormal, kStraggler };
+// The median of the clients' reported step times (the upper one of an even count; 0 if none).
+int32_t medianOf(std::vector<int32_t> v);
 const char* className(WorkerClass c);
 
 class StragglerProjection {
