@@ -7,7 +7,7 @@ PHX := $(BUILD)/bin/phoenix
 RUN_DIR ?= phoenix-run
 
 
-.PHONY: all deps build run run-local test-fault test test-unit bench bench-torch bench-runtime bench-recovery bench-micro accuracy clean
+.PHONY: all deps build run run-local test-fault test test-unit bench bench-torch bench-runtime bench-recovery bench-micro stragglers accuracy clean
 
 all: build
 
@@ -57,6 +57,11 @@ bench-torch: build
 # Parameter-server runtime figures (push+pull vs allreduce, job throughput, CPU per rank).
 bench-runtime: build
 	apps/scripts/bench_runtime.sh $(PHX)
+
+# The straggler experiment (issue 5): every policy x fixed/random stragglers x 3 seeds on the cnn;
+# table and plot in docs/results/stragglers (long: about an hour on 2 cores).
+stragglers: build
+	/usr/bin/python3 apps/scripts/straggler_experiment.py --phoenix $(PHX) --out docs/results/stragglers
 
 # Micro-benchmarks of per-step bookkeeping (Google Benchmark; docs/perf.md).
 bench-micro: build

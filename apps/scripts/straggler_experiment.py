@@ -1,0 +1,154 @@
+#!/usr/bin/python3
+"""The straggler experiment of issue 5: every consistency policy on the Fashion-MNIST cnn with
+4 workers, once with one worker slowed 3x (`--straggle`) and once with transient stragglers
+(`--straggle-random`), several seeds each; the median wall time to reach the target test
+accuracy and the final accuracy, as a markdown table and a PNG plot.
+
+  /usr/bin/python3 apps/scripts/straggler_experiment.py --phoenix build/bin/phoenix \
+      --out docs/results/stragglers
+
+Each job is a real `mpirun` (1 server + the workers), bounded by --timeout; a policy the binary
+does not know yet is reported as such, not skipped silently.
+"""
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+POLICIES = {
+    "bsp": ["--sync", "bsp"],
+    "ssp": ["--sync", "ssp", "--staleness", "3"],
+    "syncopt": ["--sync", "syncopt", "--backup-workers", "1"],
+    "flexrr": ["--sync", "flexrr"],
+    "consgd": ["--sync", "consgd"],
+    "dynsgd": ["--sync", "dynsgd"],
+    "epsp-enforced": ["--sync", "epsp", "--epsp-mode", "enforced"],
+    "epsp-slack": ["--sync", "epsp", "--epsp-mode", "slack"],
+}
+
+
+def settings(workers, factor, prob):
+    # The straggler is the last worker rank (rank 0 is the server).
+    return {
+        "fixed": ["--straggle", f"{workers}:{factor}"],
+        "random": ["--straggle-random", f"{prob}:{factor}"],
+    }
+
+
+def run_job(a, name, policy, setting_flags, seed):
+    base = os.path.join(a.out, "runs", f"{name}-{policy}-s{seed}")
+    os.makedirs(os.path.dirname(base), exist_ok=True)
+    cmd = (["mpirun", "--oversubscribe", "--bind-to", "none", "-n", str(a.workers + 1), a.phoenix,
+            "train", "--servers", "1", "--model", a.model, "--epochs", str(a.epochs), "--threads", "1",
+            "--seed", str(seed), "--eval-every", a.eval_every, "--log-level", "warn",
+            "--metrics", base + ".csv", "--summary", base + ".json"]
+           + POLICIES[policy] + setting_flags)
+    if a.steps:
+        cmd += ["--steps", str(a.steps)]
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMP_WAIT_POLICY="PASSIVE")
+    for f in (base + ".csv", base + ".json"):
+        if os.path.exists(f):
+            os.remove(f)
+    try:
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=a.timeout)
+        out = p.stdout + p.stderr
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout"}
+    if "is not known" in out or "not in {" in out or "not in [" in out:
+        return {"status": "not built"}
+    if p.returncode != 0 or not os.path.exists(base + ".json"):
+        return {"status": f"failed (rc {p.returncode}): {out.strip().splitlines()[-1] if out.strip() else ''}"}
+    rows = list(csv.DictReader(open(base + ".csv")))
+    curve = [(float(r["time_s"]), float(r["test_accuracy"])) for r in rows if r["test_accuracy"]]
+    reach = next((t for t, acc in curve if acc >= a.target), None)
+    summary = json.load(open(base + ".json"))
+    return {"status": "ok", "reach_s": reach, "final": summary["final_test_accuracy"], "curve": curve,
+            "seconds": summary.get("train_seconds")}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--phoenix", required=True)
+    ap.add_argument("--out", default="docs/results/stragglers")
+    ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument("--settings", default="fixed,random")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--model", default="cnn")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=0, help="per worker (0: --epochs); for smoke runs")
+    ap.add_argument("--target", type=float, default=0.85)
+    ap.add_argument("--factor", type=float, default=3.0)
+    ap.add_argument("--prob", type=float, default=0.1, help="--straggle-random probability")
+    ap.add_argument("--eval-every", default="2s")
+    ap.add_argument("--timeout", type=float, default=900)
+    a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    results = {}
+    all_settings = settings(a.workers, a.factor, a.prob)
+    for name in a.settings.split(","):
+        for policy in a.policies.split(","):
+            if policy not in POLICIES:
+                sys.exit(f"unknown policy {policy} (known: {', '.join(POLICIES)})")
+            for seed in [int(s) for s in a.seeds.split(",")]:
+                r = run_job(a, name, policy, all_settings[name], seed)
+                results.setdefault(name, {}).setdefault(policy, []).append(r)
+                print(f"{name:7s} {policy:14s} seed {seed}: {r['status']}"
+                      + (f", {a.target:.0%} at {r['reach_s']} s, final {r['final']:.4f}" if r["status"] == "ok" else ""),
+                      flush=True)
+                if r["status"] == "not built":
+                    break  # the other seeds would say the same
+
+    lines = [f"| setting | policy | median time to {a.target:.0%} (s) | runs reaching it | median final accuracy | vs BSP |",
+             "|---|---|---|---|---|---|"]
+    medians = {}
+    for name, by_policy in results.items():
+        for policy, runs in by_policy.items():
+            ok = [r for r in runs if r["status"] == "ok"]
+            reach = [r["reach_s"] for r in ok if r["reach_s"] is not None]
+            med = statistics.median(reach) if reach and len(reach) * 2 > len(ok) else None
+            medians[(name, policy)] = med
+            status = "" if ok else runs[0]["status"]
+            final = f"{statistics.median(r['final'] for r in ok):.4f}" if ok else status
+            lines.append(f"| {name} | {policy} | {f'{med:.1f}' if med is not None else (status or 'not reached')} | "
+                         f"{len(reach)}/{len(runs)} | {final} | PLACEHOLDER-{name}-{policy} |")
+    table = "\n".join(lines)
+    for name in results:
+        base = medians.get((name, "bsp"))
+        for policy in results[name]:
+            m = medians.get((name, policy))
+            ratio = f"{m / base:.2f}x" if m is not None and base else "-"
+            table = table.replace(f"PLACEHOLDER-{name}-{policy}", ratio)
+    with open(os.path.join(a.out, "table.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(a.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    print(table)
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
+    for ax, (name, by_policy) in zip(axes[0], results.items()):
+        for policy, runs in by_policy.items():
+            ok = [r for r in runs if r["status"] == "ok" and r["curve"]]
+            if not ok:
+                continue
+            r = sorted(ok, key=lambda r: r["final"])[len(ok) // 2]  # the median seed's curve
+            ax.plot([t for t, _ in r["curve"]], [acc for _, acc in r["curve"]], label=policy)
+        ax.axhline(a.target, color="grey", linestyle=":", linewidth=1)
+        ax.set_title(f"{name} stragglers ({a.workers} workers, factor {a.factor:g})")
+        ax.set_xlabel("wall time (s)")
+        ax.set_ylabel("test accuracy")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(a.out, "stragglers.png"), dpi=110)
+    print("wrote", os.path.join(a.out, "table.md"), "and", os.path.join(a.out, "stragglers.png"))
+
+
+if __name__ == "__main__":
+    main()
