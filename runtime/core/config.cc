@@ -62,10 +62,6 @@ std::vector<Schedule> Config::killServerAt() const { return parseList("--kill-se
 std::vector<Schedule> Config::killWorkerAt() const { return parseList("--kill-worker", killWorker); }
 
 namespace {
-struct StraggleSpec {
-  std::vector<std::pair<int, double>> fixed;
-  double p = 0, factor = 1;
-};
 double parseFactor(const std::string& flag, const std::string& entry, const std::string& text) {
   char* end = nullptr;
   const double f = std::strtod(text.c_str(), &end);
@@ -101,20 +97,20 @@ StraggleSpec parseStraggle(const std::string& fixed, const std::string& random) 
 }
 }  // namespace
 
-double Config::straggleFactor(int rank, int64_t step) const {
-  if (straggle.empty() && straggleRandom.empty()) return 1.0;
-  const StraggleSpec s = parseStraggle(straggle, straggleRandom);
+StraggleSpec Config::straggleSpec() const { return parseStraggle(straggle, straggleRandom); }
+
+double StraggleSpec::factorFor(uint64_t seed, int rank, int64_t step) const {
   double f = 1.0;
-  for (const auto& [r, x] : s.fixed)
+  for (const auto& [r, x] : fixed)
     if (r == rank) f = std::max(f, x);
-  if (s.p > 0) {
+  if (p > 0) {
     // Deterministic per (seed, rank, step): the same run straggles the same way.
     uint64_t x = seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(rank) * 0xBF58476D1CE4E5B9ull +
                  static_cast<uint64_t>(step) * 0x94D049BB133111EBull;
     x ^= x >> 31;
     x *= 0xD6E8FEB86659FD93ull;
     x ^= x >> 32;
-    if (static_cast<double>(x >> 11) / 9007199254740992.0 < s.p) f = std::max(f, s.factor);
+    if (static_cast<double>(x >> 11) / 9007199254740992.0 < p) f = std::max(f, factor);
   }
   return f;
 }

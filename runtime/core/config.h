@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace phx {
@@ -17,6 +18,14 @@ struct Schedule {
 };
 // Parses "500" or "30s"; throws UserError naming the flag otherwise.
 Schedule parseSchedule(const std::string& flag, const std::string& value);
+
+// --straggle and --straggle-random, parsed.
+struct StraggleSpec {
+  std::vector<std::pair<int, double>> fixed;  // rank -> factor
+  double p = 0, factor = 1;                   // random: probability and factor
+  // The slowdown of `rank` at iteration `step` (1 = none); deterministic per seed, rank, step.
+  double factorFor(uint64_t seed, int rank, int64_t step) const;
+};
 
 struct Config {
   // model and data
@@ -90,7 +99,8 @@ struct Config {
   std::vector<Schedule> killWorkerAt() const;
   // The slowdown of `rank` at iteration `step` from --straggle and --straggle-random (1 = none):
   // its step takes FACTOR times its real compute time (slower hardware, not a fixed sleep).
-  double straggleFactor(int rank, int64_t step) const;
+  double straggleFactor(int rank, int64_t step) const { return straggleSpec().factorFor(seed, rank, step); }
+  StraggleSpec straggleSpec() const;  // parsed once by the worker loop, not per step
   // The ranks --straggle names (checked against the job's workers by the runtime).
   std::vector<int> straggleRanks() const;
 

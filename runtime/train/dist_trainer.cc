@@ -266,7 +266,7 @@ TrainResult WorkerLoop::run() {
     data::gatherBatch(train, order.data() + first, n, x.data(), y.data());
     const kernels::LossResult r = model_.forwardBackward(x.data(), y.data(), n, dropoutSeed, step);
     // Injected straggling: this step takes FACTOR times its real compute time.
-    const double factor = cfg_.straggleFactor(t_.rank(), step);
+    const double factor = straggle_.factorFor(cfg_.seed, t_.rank(), step);
     if (factor > 1.0) {
       be_->synchronize();
       const double compute = std::chrono::duration<double>(std::chrono::steady_clock::now() - c0).count();

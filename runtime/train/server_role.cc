@@ -214,7 +214,6 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
   } else if (chained) {
     server.setChain(layout.serverRank(shard), -1);
   }
-  rs.takeoverEpoch = sinceEpoch;
   if (entry != Entry::kReplica)
     log::info("shard ", shard, " owns keys [", r.lo, ", ", r.hi, ") of ", all.size(), ", sync ",
               policy->name(), ", ", layout.groups(), " client(s)", takeover ? " (took over)" : "");

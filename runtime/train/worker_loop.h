@@ -40,6 +40,7 @@ class WorkerLoop {
     }
     if (isLeader() && layout_.groupEnd(group_) - leader_ > 1) recv_.resize(n_);
     projection_ = phx::sync::StragglerProjection(cfg.stragglerTheta);
+    straggle_ = cfg.straggleSpec();
     if (ft_.det)
       client_.setRefresh([this] { return onViewChange(); });
     if (ft_.det && isLeader() && (ft_.mode == "stateless" || ft_.mode == "hybrid"))
@@ -73,6 +74,7 @@ class WorkerLoop {
   void pollEvents();
   int64_t startStep_ = 0;
   double straggleSeconds_ = 0;  // injected slowdown slept (--straggle, --straggle-random)
+  StraggleSpec straggle_;
   phx::sync::StragglerProjection projection_{0.2};
   void project(double stepSeconds);
   int64_t totalSteps_ = 0;
