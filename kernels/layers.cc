@@ -41,8 +41,14 @@ class Dense final : public Layer {
     const float* w = ctx.params + offset_;
     float* dw = ctx.grads + offset_;
     float* db = dw + static_cast<size_t>(outF_) * inF_;
-    ctx.backend->gemm(true, false, outF_, inF_, batch, 1.0f, dy, outF_, x, inF_, 0.0f, dw, inF_);
-    ctx.backend->biasGrad(dy, db, batch, outF_);
+    ctx.backend->gemm(true, false, outF_, inF_, batch, 1.0f, dy, outF_, x, inF_,
+                      ctx.accumulate ? 1.0f : 0.0f, dw, inF_);
+    if (ctx.accumulate) {
+      ctx.backend->biasGrad(dy, ctx.scratch, batch, outF_);
+      ctx.backend->axpy(static_cast<size_t>(outF_), 1.0f, ctx.scratch, db);
+    } else {
+      ctx.backend->biasGrad(dy, db, batch, outF_);
+    }
     if (dx)
       ctx.backend->gemm(false, false, batch, inF_, outF_, 1.0f, dy, outF_, w, inF_, 0.0f, dx,
                         inF_);
@@ -84,7 +90,12 @@ class Conv2d final : public Layer {
     const ConvShape s = shape(batch);
     const float* w = ctx.params + offset_;
     float* dw = ctx.grads + offset_;
-    ctx.backend->convBackwardWeights(s, x, dy, dw, dw + s.weightCount());
+    if (ctx.accumulate) {
+      ctx.backend->convBackwardWeights(s, x, dy, ctx.scratch, ctx.scratch + s.weightCount());
+      ctx.backend->axpy(paramCount(), 1.0f, ctx.scratch, dw);
+    } else {
+      ctx.backend->convBackwardWeights(s, x, dy, dw, dw + s.weightCount());
+    }
     if (dx) ctx.backend->convBackwardData(s, dy, w, dx);
   }
 

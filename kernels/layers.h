@@ -28,6 +28,10 @@ struct PassContext {
   bool training = true;
   uint64_t seed = 0;   // dropout seed
   uint64_t step = 0;   // dropout stream: the mask changes every step
+  // Backward adds the parameter gradients to `grads` instead of overwriting them (EPSP's shards
+  // accumulate on a lane); `scratch` then holds at least the largest non-dense-weight gradient.
+  bool accumulate = false;
+  float* scratch = nullptr;
 };
 
 class Layer {

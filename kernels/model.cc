@@ -149,18 +149,18 @@ void Model::initParams(uint64_t seed) {
 
 void Model::getParams(std::vector<float>& host) const {
   host.resize(paramCount_);
-  backend_->copyToHost(host.data(), params_.data(), paramCount_ * sizeof(float));
+  backend_->copyToHost(host.data(), params(), paramCount_ * sizeof(float));
 }
 
 void Model::setParams(const std::vector<float>& host) {
   PHX_ENFORCE(host.size() == paramCount_, "setParams with ", host.size(), " values, model has ",
               paramCount_);
-  backend_->copyToDevice(params_.data(), host.data(), paramCount_ * sizeof(float));
+  backend_->copyToDevice(params(), host.data(), paramCount_ * sizeof(float));
 }
 
 void Model::getGrads(std::vector<float>& host) const {
   host.resize(paramCount_);
-  backend_->copyToHost(host.data(), grads_.data(), paramCount_ * sizeof(float));
+  backend_->copyToHost(host.data(), grads(), paramCount_ * sizeof(float));
 }
 
 void Model::upload(const float* x, const int32_t* labels, int batch) {
@@ -175,13 +175,25 @@ void Model::forward(const PassContext& ctx, int batch) {
 }
 
 LossResult Model::forwardBackward(const float* x, const int32_t* labels, int batch,
-                                  uint64_t dropoutSeed, uint64_t step) {
+                                  uint64_t dropoutSeed, uint64_t step, bool accumulate,
+                                  float gradScale) {
   upload(x, labels, batch);
-  PassContext ctx{backend_, params_.data(), grads_.data(), true, dropoutSeed, step};
+  PassContext ctx{backend_, params(), grads(), true, dropoutSeed, step};
+  if (accumulate) {
+    if (accScratch_.size() == 0) {
+      // Dense weights accumulate in the GEMM (beta = 1); everything else goes through scratch.
+      size_t most = 1;
+      for (auto& l : layers_) most = std::max(most, l->paramCount());
+      accScratch_ = DeviceArray<float>(*backend_, most);
+    }
+    ctx.accumulate = true;
+    ctx.scratch = accScratch_.data();
+  }
   forward(ctx, batch);
   const size_t n = layers_.size();
   const LossResult r =
       backend_->softmaxCrossEntropy(acts_.back(), labels_.data(), batch, classes_, dacts_[n]);
+  if (gradScale != 1.0f) backend_->scale(static_cast<size_t>(batch) * classes_, gradScale, dacts_[n]);
   for (size_t i = n; i-- > 0;)
     layers_[i]->backward(ctx, acts_[i], acts_[i + 1], dacts_[i + 1], i == 0 ? nullptr : dacts_[i],
                          states_[i], batch);
@@ -190,7 +202,7 @@ LossResult Model::forwardBackward(const float* x, const int32_t* labels, int bat
 
 LossResult Model::evaluate(const float* x, const int32_t* labels, int batch) {
   upload(x, labels, batch);
-  PassContext ctx{backend_, params_.data(), nullptr, false, 0, 0};
+  PassContext ctx{backend_, params(), nullptr, false, 0, 0};
   forward(ctx, batch);
   return backend_->softmaxCrossEntropy(acts_.back(), labels_.data(), batch, classes_, nullptr);
 }

@@ -38,10 +38,14 @@ class Model {
   std::string describe() const;  // one line per layer with its parameter slice
   double flopsPerSample() const;  // forward + backward multiply-adds x 2 (training step)
 
-  float* params() { return params_.data(); }
-  float* grads() { return grads_.data(); }
-  const float* params() const { return params_.data(); }
-  const float* grads() const { return grads_.data(); }
+  float* params() { return extParams_ ? extParams_ : params_.data(); }
+  float* grads() { return extGrads_ ? extGrads_ : grads_.data(); }
+  const float* params() const { return extParams_ ? extParams_ : params_.data(); }
+  const float* grads() const { return extGrads_ ? extGrads_ : grads_.data(); }
+  // Compute with weights / into gradients the caller owns (paramCount floats in this backend's
+  // memory; nullptr: the model's own). EPSP's lanes read the worker's weights without a copy.
+  void bindParams(float* p) { extParams_ = p; }
+  void bindGrads(float* g) { extGrads_ = g; }
 
   // Deterministic PyTorch-style initialisation from a seed.
   void initParams(uint64_t seed);
@@ -51,8 +55,11 @@ class Model {
 
   // One forward + backward pass on a batch in host memory (x: [batch, input], normalised).
   // Leaves d(mean loss)/d(params) in grads(). dropoutSeed/step select the dropout mask.
+  // gradScale multiplies the gradient (not the returned loss): EPSP's shards are summed / K.
+  // accumulate: add this batch's gradient to grads() instead of overwriting it (so a sum of
+  // mean gradients over several batches builds up without an extra pass over the vector).
   LossResult forwardBackward(const float* x, const int32_t* labels, int batch, uint64_t dropoutSeed,
-                             uint64_t step);
+                             uint64_t step, bool accumulate = false, float gradScale = 1.0f);
   // Forward only, evaluation mode (no dropout); returns loss sum and correct count.
   LossResult evaluate(const float* x, const int32_t* labels, int batch);
   // The logits of the last forward pass (device memory, [batch, classes]).
@@ -76,6 +83,9 @@ class Model {
   std::vector<float*> acts_, dacts_;  // acts_[i] = input of layer i (aliases resolved)
   std::vector<uint8_t*> states_;
   DeviceArray<int32_t> labels_;
+  DeviceArray<float> accScratch_;
+  float* extParams_ = nullptr;
+  float* extGrads_ = nullptr;  // accumulate: gradients of conv weights and biases
 };
 
 }  // namespace phx::kernels

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <map>
 
 #include "apps/phoenix/bench_checkpoint.h"
 #include "apps/phoenix/bench_kernels.h"
@@ -116,8 +117,25 @@ void addTrainFlags(CLI::App& app, phx::Config& c) {
       ->check(CLI::Range(1, 4096))->capture_default_str();
   app.add_option("--sync", c.sync,
                  "Consistency: bsp, asp, ssp (with --staleness), syncopt (with --backup-workers), "
-                 "consgd, dynsgd")
-      ->check(CLI::IsMember({"bsp", "asp", "ssp", "syncopt", "consgd", "dynsgd"}))->capture_default_str();
+                 "consgd, dynsgd, flexrr (SSP + transfer of a straggler's shards), epsp (with --epsp-mode)")
+      ->check(CLI::IsMember({"bsp", "asp", "ssp", "syncopt", "consgd", "dynsgd", "flexrr", "epsp"}))
+      ->capture_default_str();
+  app.add_option("--epsp-mode", c.epspMode,
+                 "epsp: enforced (a barrier per clock) or slack (no worker more than --staleness clocks ahead)")
+      ->check(CLI::IsMember({"enforced", "slack"}))->capture_default_str();
+  app.add_option("--shards", c.shards,
+                 "epsp/flexrr: shards (micro-batches) per iteration; the unit of parallelism and of transfer")
+      ->capture_default_str();
+  app.add_option("--max-parallelism", c.maxParallelism,
+                 "epsp: most shards one worker runs at once (p_max; threads on CPU, streams on GPU)")
+      ->capture_default_str();
+  app.add_option("--transfer", c.transfer,
+                 "epsp/flexrr: move not-yet-started shards from stragglers to pioneers (on/off, for ablation)")
+      ->transform(CLI::Transformer(std::map<std::string, bool>{{"on", true}, {"off", false}}))
+      ->default_str("on");
+  app.add_option("--audit-samples", c.auditSamples,
+                 "Debugging: each worker appends the sample ids it trained on to PREFIX.w<worker>")
+      ->group("");
   app.add_option("--backup-workers", c.backupWorkers,
                  "syncopt: a round takes the first (groups - b) pushes and drops the rest")
       ->check(CLI::Range(0, 4096))->capture_default_str();

@@ -123,7 +123,10 @@ std::vector<int> Config::straggleRanks() const {
 
 double Config::effectiveMomentum() const {
   if (momentum >= 0.0) return momentum;
-  return (sync == "asp" || sync == "ssp" || sync == "consgd" || sync == "dynsgd") ? 0.8 : 0.9;
+  return (sync == "asp" || sync == "ssp" || sync == "consgd" || sync == "dynsgd" || sync == "flexrr" ||
+          (sync == "epsp" && epspMode == "slack"))
+             ? 0.8
+             : 0.9;
 }
 
 void Config::validate() const {
@@ -149,8 +152,15 @@ void Config::validate() const {
   if (spares < 0) PHX_USER_ERROR("--spares ", spares, " must be >= 0");
   if (groupSize < 1) PHX_USER_ERROR("--group-size ", groupSize, " must be >= 1");
   if (sync != "bsp" && sync != "asp" && sync != "ssp" && sync != "syncopt" && sync != "consgd" &&
-      sync != "dynsgd")
-    PHX_USER_ERROR("--sync '", sync, "' is not known (accepted: bsp, asp, ssp, syncopt, consgd, dynsgd)");
+      sync != "dynsgd" && sync != "flexrr" && sync != "epsp")
+    PHX_USER_ERROR("--sync '", sync,
+                   "' is not known (accepted: bsp, asp, ssp, syncopt, consgd, dynsgd, flexrr, epsp)");
+  if (epspMode != "enforced" && epspMode != "slack")
+    PHX_USER_ERROR("--epsp-mode '", epspMode, "' is not known (accepted: enforced, slack)");
+  if (shardedSync() && (shards < 1 || shards > batch))
+    PHX_USER_ERROR("--shards ", shards, " must be in 1..--batch (", batch, "): a shard is at least one sample");
+  if (shardedSync() && (maxParallelism < 1 || maxParallelism > 64))
+    PHX_USER_ERROR("--max-parallelism ", maxParallelism, " must be in 1..64");
   if (backupWorkers < 0) PHX_USER_ERROR("--backup-workers ", backupWorkers, " must be >= 0");
   if (backupWorkers > 0 && sync != "syncopt")
     PHX_USER_ERROR("--backup-workers is for --sync syncopt (now ", sync, ")");

@@ -51,10 +51,20 @@ struct Config {
   int replicas = 0;
   int spares = 0;
   int groupSize = 1;
-  std::string sync = "bsp";       // bsp | asp | ssp | syncopt | consgd | dynsgd
+  std::string sync = "bsp";       // bsp | asp | ssp | syncopt | consgd | dynsgd | flexrr | epsp
   int staleness = 3;              // SSP bound s
   int backupWorkers = 0;          // syncopt: a round closes with the first workers - b pushes
   std::string scaleUpdates = "none";  // asp/ssp: none | constant (ConSGD) | staleness (DynSGD)
+  // EPSP (--sync epsp) and FlexRR (--sync flexrr): an iteration is `shards` micro-batches of the
+  // worker's batch; EPSP runs up to maxParallelism of them at once (lanes) and both move
+  // not-yet-started shards from stragglers to pioneers when transfer is on.
+  std::string epspMode = "enforced";  // enforced (a barrier per clock) | slack (bound --staleness)
+  int shards = 4;
+  int maxParallelism = 4;
+  bool transfer = true;
+  // Debugging/tests: every worker appends the training-sample ids it processed to
+  // PREFIX.w<worker> (one "epoch id" line each); "" = off.
+  std::string auditSamples;
   std::string aggregate = "sum";  // how a BSP round combines gradients: sum (the papers) | mean
   double peerTimeoutS = 120;      // longest wait on one peer before it is declared unresponsive
   // recovery (recovery/, docs/recovery.md)
@@ -89,6 +99,7 @@ struct Config {
   double progressSeconds = 2.0;
   std::string logLevel = "info";
 
+  bool shardedSync() const { return sync == "epsp" || sync == "flexrr"; }
   // The momentum in effect: --momentum when given, else the sync-dependent default.
   double effectiveMomentum() const;
 

@@ -230,32 +230,46 @@ void PsClient::awaitWeights(int64_t clock, float* params) {
       refreshNow();
       continue;
     }
-    const int s = h.shard;
-    const bool ok = h.magic == transport::kMagic && s >= 0 &&
-                    s < static_cast<int>(ranges_.size()) && src == dir_.rank[s] &&
-                    h.epoch >= dir_.since[s] && h.client == client_ && h.clock == clock && !got[s] &&
-                    h.offset == ranges_[s].lo &&
-                    h.bytes == ranges_[s].size() * static_cast<int64_t>(sizeof(float));
-    if (!ok) {
-      log::error("client ", client_, " rejected a pull reply from rank ", src, " (shard ", s,
-                 ", clock ", h.clock, ", expected clock ", clock, ")");
-      if (h.bytes > 0) t_.discardPayload(src, MsgType::kPullReply, h.bytes, timeoutS_);
-      continue;
-    }
-    try {
-      t_.recvPayload(src, MsgType::kPullReply, params + ranges_[s].lo, h.bytes, timeoutS_);
-    } catch (const transport::ViewChanged&) {
-      refreshNow();  // the server died between header and payload: the shard was re-asked
-      continue;
-    }
-    bytesReceived_ += static_cast<double>(h.bytes);
-    versions_[s] = h.version;
-    steps_[s] = static_cast<int64_t>(h.value);
-    if (s == 0 && h.aux > 0) medianMicros_ = h.aux;
-    got[s] = 1;
-    if (s == 0 && out_.isPush) ++acked0_;
+    takeReply(h, src, clock, params);
   }
   out_.active = false;
+}
+
+bool PsClient::weightsArrived(int64_t clock, float* params) {
+  std::vector<char>& got = out_.got;
+  Header h;
+  int src = -1;
+  while (std::count(got.begin(), got.end(), 1) < static_cast<std::ptrdiff_t>(ranges_.size()) &&
+         t_.poll(MsgType::kPullReply, &h, &src))
+    takeReply(h, src, clock, params);
+  return std::count(got.begin(), got.end(), 1) == static_cast<std::ptrdiff_t>(ranges_.size());
+}
+
+void PsClient::takeReply(const Header& h, int src, int64_t clock, float* params) {
+  std::vector<char>& got = out_.got;
+  const int s = h.shard;
+  const bool ok = h.magic == transport::kMagic && s >= 0 && s < static_cast<int>(ranges_.size()) &&
+                  src == dir_.rank[s] && h.epoch >= dir_.since[s] && h.client == client_ &&
+                  h.clock == clock && !got[s] && h.offset == ranges_[s].lo &&
+                  h.bytes == ranges_[s].size() * static_cast<int64_t>(sizeof(float));
+  if (!ok) {
+    log::error("client ", client_, " rejected a pull reply from rank ", src, " (shard ", s,
+               ", clock ", h.clock, ", expected clock ", clock, ")");
+    if (h.bytes > 0) t_.discardPayload(src, MsgType::kPullReply, h.bytes, timeoutS_);
+    return;
+  }
+  try {
+    t_.recvPayload(src, MsgType::kPullReply, params + ranges_[s].lo, h.bytes, timeoutS_);
+  } catch (const transport::ViewChanged&) {
+    refreshNow();  // the server died between header and payload: the shard was re-asked
+    return;
+  }
+  bytesReceived_ += static_cast<double>(h.bytes);
+  versions_[s] = h.version;
+  steps_[s] = static_cast<int64_t>(h.value);
+  if (s == 0 && h.aux > 0) medianMicros_ = h.aux;
+  got[s] = 1;
+  if (s == 0 && out_.isPush) ++acked0_;
 }
 
 void PsClient::waitPushes() {

@@ -38,6 +38,9 @@ class PsClient {
   double medianStepSeconds() const { return medianMicros_ * 1e-6; }
   // Waits for every shard's reply for `clock` and writes it into params.
   void awaitWeights(int64_t clock, float* params);
+  // Non-blocking: takes the replies for `clock` that are here; true once all have arrived
+  // (awaitWeights then returns at once). EPSP/FlexRR workers do other work meanwhile.
+  bool weightsArrived(int64_t clock, float* params);
   void waitPushes();
   // Tells every shard this client is finished.
   void done();
@@ -85,6 +88,7 @@ class PsClient {
   void sendPush(int shard);
   void sendPull(int shard);
   void retarget(const Directory& d);
+  void takeReply(const transport::Header& h, int src, int64_t clock, float* params);
   void pollHello();
   bool answerHello(const transport::Header& h, int src, bool last);
   void bufferGrad(int shard, const float* grads);

@@ -25,12 +25,14 @@ double StragglerProjection::observe(double seconds) {
   return ema_;
 }
 
-WorkerClass StragglerProjection::classify(double median) {
+WorkerClass StragglerProjection::classify(double median) { return classifyValue(ema_, median); }
+
+WorkerClass StragglerProjection::classifyValue(double value, double median) {
   WorkerClass c = WorkerClass::kUnknown;
-  if (median > 0 && ema_ > 0)
-    c = ema_ > (1 + theta_) * median ? WorkerClass::kStraggler
-        : ema_ < median              ? WorkerClass::kPioneer
-                                     : WorkerClass::kNormal;
+  if (median > 0 && value > 0)
+    c = value > (1 + theta_) * median ? WorkerClass::kStraggler
+        : value < median              ? WorkerClass::kPioneer
+                                      : WorkerClass::kNormal;
   ++counts_[static_cast<int>(c)];
   if (c == WorkerClass::kStraggler) {
     ++streak_;

@@ -22,6 +22,9 @@ class StragglerProjection {
   double observe(double seconds);
   // Classifies against the median the servers sent (<= 0: not known yet), counting classes.
   WorkerClass classify(double medianSeconds);
+  // Classifies a given projection (EPSP: the projected iteration time on p lanes) against the
+  // median, counting it like classify().
+  WorkerClass classifyValue(double projectedSeconds, double medianSeconds);
   double average() const { return ema_; }
   int64_t count(WorkerClass c) const { return counts_[static_cast<int>(c)]; }
   int64_t streak() const { return streak_; }  // consecutive straggler classifications

@@ -53,20 +53,7 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
   uploadParams();
   // Every other rank's counters.
   std::vector<RankStats> all;
-  RankStats mine;
-  mine.rank = t_.rank();
-  mine.samples = static_cast<double>(samples);
-  mine.seconds = trainSeconds;
-  mine.cpuSeconds = cpuSeconds();
-  mine.bytesIn = client_.bytesReceived();
-  mine.bytesOut = client_.bytesSent();
-  mine.pushesAcked = static_cast<double>(client_.acknowledged());
-  mine.straggleSeconds = straggleSeconds_;
-  mine.stragglerSteps = static_cast<double>(projection_.count(phx::sync::WorkerClass::kStraggler));
-  mine.pioneerSteps = static_cast<double>(projection_.count(phx::sync::WorkerClass::kPioneer));
-  mine.firstStraggler = static_cast<double>(projection_.firstStraggler());
-  mine.buffered = static_cast<double>(client_.buffered());
-  mine.overflow = static_cast<double>(client_.overflow());
+  RankStats mine = workerStats(samples, trainSeconds);
   all.push_back(mine);
   // Every other reporter's counters: each shard's server and every live worker. The set is
   // that of the newest view (a rank that dies meanwhile is no longer waited for; a chief that
@@ -133,16 +120,19 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
     } else {
       totalSamples += r.samples;
     }
-    char row[512];
+    char row[768];
     std::snprintf(row, sizeof row,
                   "%s{\"rank\": %d, \"role\": \"%s\", \"cpu_seconds\": %.3f, \"wall_seconds\": "
                   "%.3f, \"samples\": %.0f, \"updates\": %.0f, \"bytes_in\": %.0f, \"bytes_out\": %.0f, "
                   "\"straggle_seconds\": %.3f, \"straggler_steps\": %.0f, \"pioneer_steps\": %.0f, "
-                  "\"first_straggler_step\": %.0f}",
+                  "\"first_straggler_step\": %.0f, \"shards_own\": %.0f, \"shards_stolen\": %.0f, "
+                  "\"shards_given\": %.0f, \"steal_requests\": %.0f, \"mean_lanes\": %.2f, "
+                  "\"max_lanes\": %.0f}",
                   ranks.size() > 1 ? ", " : "", static_cast<int>(r.rank),
                   r.isServer ? "server" : "worker", r.cpuSeconds, r.seconds, r.samples,
                   r.version, r.bytesIn, r.bytesOut, r.straggleSeconds, r.stragglerSteps, r.pioneerSteps,
-                  r.firstStraggler);
+                  r.firstStraggler, r.shardsOwn, r.shardsStolen, r.shardsGiven, r.stealRequests,
+                  r.meanLanes, r.maxLanes);
     ranks += row;
   }
   ranks += "]";
@@ -178,8 +168,9 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
     s.failures.push_back(o);
   }
   double snapshots = 0, ckptSeconds = 0, acked = 0, buffered = 0, overflow = 0, duplicates = 0,
-         dropped = 0;
+         dropped = 0, transferred = 0;
   for (const RankStats& r : all) {
+    transferred += r.shardsStolen;
     snapshots += r.snapshotsWritten;
     ckptSeconds += r.checkpointSeconds;
     acked += r.pushesAcked;
@@ -230,6 +221,11 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
              {"scale_updates", jsonString(cfg_.scaleUpdates)},
              {"buffered_updates", detail::concat(static_cast<int64_t>(buffered))},
              {"buffer_overflow", detail::concat(static_cast<int64_t>(overflow))},
+             {"epsp_mode", jsonString(cfg_.sync == "epsp" ? cfg_.epspMode : "")},
+             {"shards", std::to_string(cfg_.shardedSync() ? cfg_.shards : 1)},
+             {"max_parallelism", std::to_string(cfg_.sync == "epsp" ? cfg_.maxParallelism : 1)},
+             {"transfer", cfg_.shardedSync() && cfg_.transfer ? "true" : "false"},
+             {"shards_transferred", detail::concat(static_cast<int64_t>(transferred))},
              {"ranks", ranks}};
   if (!cfg_.summaryPath.empty()) writeFileAtomic(cfg_.summaryPath, s.toJson());
   log::info("done: ", s.steps, " steps per worker in ", fmtDuration(trainSeconds), ", ",

@@ -132,7 +132,7 @@ bool WorkerLoop::reportAndIdle(const RankStats& rs) {
 
 // Straggler projection: this step's compute time goes into the moving average the next push
 // carries; the median the servers sent back with the last weights classifies this worker.
-void WorkerLoop::project(double stepSeconds) {
+phx::sync::WorkerClass WorkerLoop::project(double stepSeconds) {
   client_.setStepSeconds(projection_.observe(stepSeconds));
   const phx::sync::WorkerClass c = projection_.classify(client_.medianStepSeconds());
   if (c == phx::sync::WorkerClass::kStraggler && projection_.warnNow())
@@ -140,6 +140,78 @@ void WorkerLoop::project(double stepSeconds) {
               " steps in a row at ", projection_.average() * 1e3, " ms per step against a median of ",
               client_.medianStepSeconds() * 1e3, " ms (",
               projection_.average() / client_.medianStepSeconds(), "x)");
+  return c;
+}
+
+WorkerLoop::~WorkerLoop() {
+  if (epsp_) t_.setService(nullptr);
+  if (projCsv_) std::fclose(projCsv_);
+}
+
+// One row per iteration and worker: what the projection saw when the iteration started.
+void WorkerLoop::writeProjection(int64_t step, phx::sync::WorkerClass c, double projected) {
+  if (!projCsv_) return;
+  std::fprintf(projCsv_, "%.3f,%lld,%d,%.3f,%.3f,%.3f,%s,%lld,%lld,%lld\n",
+               recovery::unixNow() - startUnix_, static_cast<long long>(step), epsp_ ? epsp_->lanes() : 1,
+               (epsp_ ? epsp_->singleLaneSeconds() : projection_.average()) * 1e3,
+               client_.medianStepSeconds() * 1e3, projected * 1e3, phx::sync::className(c),
+               static_cast<long long>(epsp_ ? epsp_->counters().own : 0),
+               static_cast<long long>(epsp_ ? epsp_->counters().stolen : 0),
+               static_cast<long long>(epsp_ ? epsp_->counters().given : 0));
+}
+
+// EPSP / FlexRR: plan p_w and classify from the projection, run the K own shards, in enforced
+// mode take shards from slower workers before pushing, and sum the lanes' gradients.
+void WorkerLoop::shardedStep(int64_t step, int* n, double* loss) {
+  const double median = client_.medianStepSeconds();
+  epsp_->plan(median);
+  const double projected = epsp_->projectedSeconds();
+  const phx::sync::WorkerClass c = projection_.classifyValue(projected, median);
+  if (c == phx::sync::WorkerClass::kStraggler && projection_.warnNow())
+    log::warn("STRAGGLER worker ", w_, " (rank ", t_.rank(), "): ", projection_.streak(),
+              " iterations in a row projected at ", projected * 1e3, " ms on ", epsp_->lanes(),
+              " lane(s) against a median of ", median * 1e3, " ms",
+              cfg_.transfer ? "; its unstarted shards go to pioneers" : "");
+  writeProjection(step, c, projected);
+  epsp_->runOwn(step);
+  if (enforced_) epsp_->stealRound(step, nullptr, [this](int r) { return alive(r); });
+  double lossSum = 0;
+  int64_t samples = 0;
+  epsp_->collect(gradBuf(), &lossSum, &samples);
+  client_.setStepSeconds(epsp_->singleLaneSeconds());
+  *n = static_cast<int>(samples);
+  *loss = samples > 0 ? lossSum / static_cast<double>(samples) : 0.0;
+}
+
+RankStats WorkerLoop::workerStats(int64_t samples, double trainSeconds) {
+  RankStats rs;
+  rs.index = w_;
+  rs.rank = t_.rank();
+  rs.samples = static_cast<double>(samples);
+  rs.seconds = trainSeconds;
+  rs.cpuSeconds = cpuSeconds();
+  rs.steps = static_cast<double>(totalSteps_);
+  rs.bytesIn = client_.bytesReceived();
+  rs.bytesOut = client_.bytesSent();
+  rs.straggleSeconds = straggleSeconds_ + (epsp_ ? epsp_->straggleSeconds() : 0.0);
+  rs.stragglerSteps = static_cast<double>(projection_.count(phx::sync::WorkerClass::kStraggler));
+  rs.pioneerSteps = static_cast<double>(projection_.count(phx::sync::WorkerClass::kPioneer));
+  rs.firstStraggler = static_cast<double>(projection_.firstStraggler());
+  if (isLeader()) {
+    rs.pushesAcked = static_cast<double>(client_.acknowledged());
+    rs.buffered = static_cast<double>(client_.buffered());
+    rs.overflow = static_cast<double>(client_.overflow());
+  }
+  if (epsp_) {
+    const ShardCounters& k = epsp_->counters();
+    rs.shardsOwn = static_cast<double>(k.own);
+    rs.shardsStolen = static_cast<double>(k.stolen);
+    rs.shardsGiven = static_cast<double>(k.given);
+    rs.stealRequests = static_cast<double>(k.stealRequests);
+    rs.meanLanes = k.iterations ? k.laneSum / static_cast<double>(k.iterations) : 0.0;
+    rs.maxLanes = k.maxLanes;
+  }
+  return rs;
 }
 
 void WorkerLoop::shareWeights(int64_t clock) {
@@ -173,7 +245,8 @@ void WorkerLoop::initialWeights() {
 }
 
 void WorkerLoop::exchange(int64_t clock, double loss) {
-  if (!hostGrads_.empty()) be_->copyToHost(hostGrads_.data(), model_.grads(), n_ * 4);
+  // (EPSP's lanes already summed their gradients into the host buffer)
+  if (!epsp_ && !hostGrads_.empty()) be_->copyToHost(hostGrads_.data(), model_.grads(), n_ * 4);
   const size_t bytes = n_ * sizeof(float);
   if (isLeader()) {
     // Reduce the group's gradients into ours (point-to-point: a dead member cannot hang a
@@ -201,12 +274,18 @@ void WorkerLoop::exchange(int64_t clock, double loss) {
       for (size_t k = 0; k < n_; ++k) g[k] *= inv;
     }
     client_.push(clock, gradBuf(), true, loss / members);
+    // Slack EPSP / FlexRR: while the weights are not here (this worker is ahead), compute
+    // unstarted shards of the workers that hold it back.
+    if (epsp_ && !enforced_)
+      epsp_->stealRound(clock, [&] { return client_.weightsArrived(clock + 1, paramBuf()); },
+                        [this](int r) { return alive(r); });
     client_.awaitWeights(clock + 1, paramBuf());
     client_.waitPushes();
     // Stateless: the slices of shards that are down train on locally.
     if (client_.anyDown())
       client_.localStep(paramBuf(), static_cast<float>(learningRate(cfg_, clock, totalSteps_)));
     shareWeights(clock + 1);
+    if (epsp_) epsp_->publish(paramBuf());
   } else {
     Header g;
     g.type = MsgType::kGroupGrad;
@@ -241,7 +320,26 @@ TrainResult WorkerLoop::run() {
   std::vector<int32_t> y(cfg_.batch);
   std::vector<uint32_t> order;
   int currentEpoch = -1;
+  startUnix_ = ft_.startUnix > 0 ? ft_.startUnix : recovery::unixNow();
+  if (!cfg_.metricsPath.empty()) {
+    const std::string path = detail::concat(cfg_.metricsPath, ".worker", w_, ".csv");
+    projCsv_ = std::fopen(path.c_str(), "w");
+    if (!projCsv_) PHX_USER_ERROR("cannot write the projection file ", path, " (next to --metrics)");
+    std::fprintf(projCsv_, "time_s,step,lanes,single_lane_ms,median_ms,projected_ms,class,shards_own,"
+                           "shards_stolen,shards_given\n");
+  }
+  if (cfg_.shardedSync()) {
+    if (layout_.groupSize() > 1)
+      PHX_USER_ERROR("--sync ", cfg_.sync, " shards each worker's iteration itself; use --group-size 1 (now ",
+                     layout_.groupSize(), ")");
+    enforced_ = cfg_.sync == "epsp" && cfg_.epspMode == "enforced";
+    epsp_ = std::make_unique<ShardEngine>(cfg_, train, layout_, t_, w_, p.stepsPerEpoch, enforced_,
+                                          cfg_.sync == "epsp");
+    t_.setService([this] { epsp_->service(); });
+    epsp_->setPushBuffer(gradBuf());
+  }
   initialWeights();
+  if (epsp_) epsp_->publish(paramBuf());
   Progress progress(cfg_, p.totalSteps, p.stepsPerEpoch, layout_.workers());
   int64_t samples = 0;
   double lastTrainLoss = NAN;
@@ -259,26 +357,31 @@ TrainResult WorkerLoop::run() {
       order = sharder.shard(epoch, w_);
       currentEpoch = epoch;
     }
-    int64_t first = (step % p.stepsPerEpoch) * cfg_.batch;
-    if (first >= static_cast<int64_t>(shardSize)) first = 0;  // a shard one sample shorter
-    const int n = static_cast<int>(std::min<int64_t>(cfg_.batch, shardSize - first));
-    const auto c0 = std::chrono::steady_clock::now();
-    data::gatherBatch(train, order.data() + first, n, x.data(), y.data());
-    const kernels::LossResult r = model_.forwardBackward(x.data(), y.data(), n, dropoutSeed, step);
-    // Injected straggling: this step takes FACTOR times its real compute time.
-    const double factor = straggle_.factorFor(cfg_.seed, t_.rank(), step);
-    if (factor > 1.0) {
-      be_->synchronize();
-      const double compute = std::chrono::duration<double>(std::chrono::steady_clock::now() - c0).count();
-      const double extra = (factor - 1.0) * compute;
-      std::this_thread::sleep_for(std::chrono::duration<double>(extra));
-      straggleSeconds_ += extra;
+    int n = 0;
+    double loss = 0;
+    if (epsp_) {
+      shardedStep(step, &n, &loss);
+    } else {
+      int64_t first = (step % p.stepsPerEpoch) * cfg_.batch;
+      if (first >= static_cast<int64_t>(shardSize)) first = 0;  // a shard one sample shorter
+      n = static_cast<int>(std::min<int64_t>(cfg_.batch, shardSize - first));
+      const auto c0 = std::chrono::steady_clock::now();
+      data::gatherBatch(train, order.data() + first, n, x.data(), y.data());
+      const kernels::LossResult r = model_.forwardBackward(x.data(), y.data(), n, dropoutSeed, step);
+      // Injected straggling: this step takes FACTOR times its real compute time.
+      const double factor = straggle_.factorFor(cfg_.seed, t_.rank(), step);
+      if (factor > 1.0) {
+        be_->synchronize();
+        const double compute = std::chrono::duration<double>(std::chrono::steady_clock::now() - c0).count();
+        const double extra = (factor - 1.0) * compute;
+        std::this_thread::sleep_for(std::chrono::duration<double>(extra));
+        straggleSeconds_ += extra;
+      }
+      const phx::sync::WorkerClass c =
+          project(std::chrono::duration<double>(std::chrono::steady_clock::now() - c0).count());
+      writeProjection(step, c, projection_.average());
+      loss = r.lossSum / n;
     }
-    project(std::chrono::duration<double>(std::chrono::steady_clock::now() - c0).count());
-    const double loss = r.lossSum / n;
-    if (!std::isfinite(loss))
-      PHX_USER_ERROR("training diverged at step ", step, " on worker ", w_, " (loss ", loss,
-                     "); lower --lr (now ", cfg_.lr, ")");
     exchange(step, loss);
     samples += n;
     if (!isChief()) continue;
@@ -301,25 +404,14 @@ TrainResult WorkerLoop::run() {
   }
   const double trainSeconds = progress.elapsed();
   if (isLeader()) client_.done();
+  if (epsp_) {
+    // Every steal request in flight is answered before any worker leaves.
+    epsp_->finish([this](int r) { return alive(r); }, cfg_.peerTimeoutS);
+    epsp_->writeAudit();
+  }
+  if (projCsv_) std::fflush(projCsv_);
   if (!isChief()) {
-    RankStats rs;
-    rs.index = w_;
-    rs.rank = t_.rank();
-    rs.samples = static_cast<double>(samples);
-    rs.seconds = trainSeconds;
-    rs.cpuSeconds = cpuSeconds();
-    rs.steps = static_cast<double>(p.totalSteps);
-    rs.bytesIn = client_.bytesReceived();
-    rs.bytesOut = client_.bytesSent();
-    rs.straggleSeconds = straggleSeconds_;
-    rs.stragglerSteps = static_cast<double>(projection_.count(phx::sync::WorkerClass::kStraggler));
-    rs.pioneerSteps = static_cast<double>(projection_.count(phx::sync::WorkerClass::kPioneer));
-    rs.firstStraggler = static_cast<double>(projection_.firstStraggler());
-    if (isLeader()) {
-      rs.pushesAcked = static_cast<double>(client_.acknowledged());
-      rs.buffered = static_cast<double>(client_.buffered());
-      rs.overflow = static_cast<double>(client_.overflow());
-    }
+    const RankStats rs = workerStats(samples, trainSeconds);
     if (!reportAndIdle(rs)) return {};
   }
   if (!metrics_) metrics_ = std::make_unique<MetricsCsv>(cfg_.metricsPath, true);

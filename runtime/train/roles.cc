@@ -52,6 +52,13 @@ kernels::SgdParams sgdOf(const Config& cfg) {
 }
 
 std::unique_ptr<phx::sync::SyncPolicy> policyOf(const Config& cfg) {
+  // EPSP and FlexRR shard and move work on the workers; their servers run the rule underneath:
+  // enforced EPSP = a barrier per clock (BSP), slack EPSP and FlexRR = bounded staleness (SSP).
+  if (cfg.sync == "epsp" || cfg.sync == "flexrr") {
+    auto p = phx::sync::makePolicy(cfg.sync == "epsp" && cfg.epspMode == "enforced" ? "bsp" : "ssp",
+                                   cfg.staleness, cfg.backupWorkers, cfg.scaleUpdates);
+    return p;
+  }
   return phx::sync::makePolicy(cfg.sync, cfg.staleness, cfg.backupWorkers, cfg.scaleUpdates);
 }
 

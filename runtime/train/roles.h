@@ -38,6 +38,10 @@ struct RankStats {
   // straggler projection (workers): steps classified straggler / pioneer, first straggler step
   double stragglerSteps = 0, pioneerSteps = 0, firstStraggler = -1;
   double dropped = 0;          // Sync-opt: late pushes dropped (servers)
+  // EPSP / FlexRR (workers): shards computed (own, taken from others), own shards given away,
+  // steal requests sent, mean and largest parallelism p_w
+  double shardsOwn = 0, shardsStolen = 0, shardsGiven = 0, stealRequests = 0, meanLanes = 0,
+         maxLanes = 0;
 };
 
 // This rank's view of failures: the detector (null when there is none), the view epoch the

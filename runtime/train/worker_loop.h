@@ -13,6 +13,7 @@
 #include "runtime/core/metrics.h"
 #include "runtime/sync/projection.h"
 #include "runtime/train/dist_trainer.h"
+#include "runtime/train/epsp.h"
 #include "runtime/train/roles.h"
 
 namespace phx::train {
@@ -48,6 +49,7 @@ class WorkerLoop {
   }
 
   TrainResult run();
+  ~WorkerLoop();
 
  private:
   bool isLeader() const { return w_ == leader_; }
@@ -76,7 +78,17 @@ class WorkerLoop {
   double straggleSeconds_ = 0;  // injected slowdown slept (--straggle, --straggle-random)
   StraggleSpec straggle_;
   phx::sync::StragglerProjection projection_{0.2};
-  void project(double stepSeconds);
+  phx::sync::WorkerClass project(double stepSeconds);
+  // EPSP / FlexRR: the sharded iteration (epsp.h); n and loss of what this worker computed.
+  std::unique_ptr<ShardEngine> epsp_;
+  bool enforced_ = false;
+  void shardedStep(int64_t step, int* n, double* loss);
+  bool alive(int rank) const { return !ft_.det || ft_.det->view().isAlive(rank); }
+  // Per-iteration projection rows (<metrics>.worker<W>.csv; none without --metrics).
+  std::FILE* projCsv_ = nullptr;
+  void writeProjection(int64_t step, phx::sync::WorkerClass c, double projected);
+  double startUnix_ = 0;
+  RankStats workerStats(int64_t samples, double trainSeconds);
   int64_t totalSteps_ = 0;
   std::vector<std::string> events_;
 

@@ -24,6 +24,9 @@ const char* msgTypeName(MsgType t) {
     case MsgType::kChainAck: return "chain-ack";
     case MsgType::kHello: return "hello";
     case MsgType::kBacklog: return "backlog";
+    case MsgType::kSteal: return "steal";
+    case MsgType::kGrant: return "grant";
+    case MsgType::kFinished: return "finished";
   }
   return "unknown";
 }

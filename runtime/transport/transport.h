@@ -39,8 +39,12 @@ enum class MsgType : uint16_t {
   kChainAck = 15,     // chain tail -> head: every update up to (version) is applied at the tail
   kHello = 16,        // stateless replacement -> client: send your weights copy and backlog
   kBacklog = 17,      // client -> stateless replacement: last pulled weights + buffered updates
+  // EPSP / FlexRR task transfer between workers (header only, docs/architecture.md):
+  kSteal = 18,        // pioneer -> worker: "give me shards" (clock: the pioneer's, value: its rate)
+  kGrant = 19,        // worker -> pioneer: shards [offset, version) of step clock (none: empty)
+  kFinished = 20,     // worker -> workers: no more steal requests from me; answer none from now
 };
-inline constexpr int kNumMsgTypes = 18;
+inline constexpr int kNumMsgTypes = 21;
 const char* msgTypeName(MsgType t);
 
 enum HeaderFlags : uint16_t {
@@ -136,7 +140,20 @@ class Transport {
   void setInterrupt(std::function<void(int peer)> hook) { interrupt_ = std::move(hook); }
   void checkInterrupt(int peer) {
     if (interrupt_) interrupt_(peer);
+    if (service_ && !inService_) {
+      inService_ = true;
+      try {
+        service_();
+      } catch (...) {
+        inService_ = false;
+        throw;
+      }
+      inService_ = false;
+    }
   }
+  // Work a rank must keep doing while it waits for anything (EPSP workers answer steal
+  // requests); called from every wait loop, never re-entered. It must not wait itself.
+  void setService(std::function<void()> service) { service_ = std::move(service); }
   // A rank declared dead: headers from it are dropped unread and sends to it are abandoned
   // (a large send to a dead rank would never complete).
   virtual void markDead(int rank) {}
@@ -147,6 +164,8 @@ class Transport {
 
  private:
   std::function<void(int)> interrupt_;
+  std::function<void()> service_;
+  bool inService_ = false;
 };
 
 // Poll loop pacing shared by every wait: a few immediate retries, then sleeps growing from

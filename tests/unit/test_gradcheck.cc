@@ -148,5 +148,35 @@ TEST(GradCheck, WholeCnnModel) {
   }
 }
 
+// EPSP's lanes accumulate several shards' mean gradients in place: the result must be the sum
+// of the separate gradients, for every parameter of every layer (conv, dense, biases).
+TEST(GradCheck, AccumulateAddsBatchGradients) {
+  for (const char* spec : {"cnn", "mlp"}) {
+    CpuBackend be(1);
+    Model m(be, parseModelSpec(spec), 3);
+    m.initParams(7);
+    std::mt19937_64 rng(3);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    std::vector<float> x1(3 * 784), x2(2 * 784);
+    for (auto& v : x1) v = u(rng);
+    for (auto& v : x2) v = u(rng);
+    std::vector<int32_t> y1 = {1, 4, 9}, y2 = {0, 6};
+    std::vector<float> g1, g2, acc;
+    m.forwardBackward(x1.data(), y1.data(), 3, 5, 1);
+    m.getGrads(g1);
+    m.forwardBackward(x2.data(), y2.data(), 2, 5, 2);
+    m.getGrads(g2);
+    m.forwardBackward(x1.data(), y1.data(), 3, 5, 1);
+    m.forwardBackward(x2.data(), y2.data(), 2, 5, 2, /*accumulate=*/true);
+    m.getGrads(acc);
+    size_t differ = 0;
+    for (size_t i = 0; i < acc.size(); ++i) {
+      ASSERT_NEAR(acc[i], g1[i] + g2[i], 1e-5f + 1e-5f * std::fabs(g1[i] + g2[i])) << spec << " param " << i;
+      differ += g2[i] != 0.0f && std::fabs(acc[i] - g2[i]) > 1e-6f;
+    }
+    EXPECT_GT(differ, acc.size() / 4) << spec << ": accumulate must not just overwrite";
+  }
+}
+
 }  // namespace
 }  // namespace phx::kernels

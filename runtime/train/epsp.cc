@@ -1,0 +1,421 @@
+#include "runtime/train/epsp.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <numeric>
+
+#include "runtime/core/error.h"
+#include "runtime/core/log.h"
+#include "runtime/train/dist_trainer.h"
+#include "runtime/train/roles.h"
+
+namespace phx::train {
+
+using transport::Header;
+using transport::MsgType;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+double seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+}  // namespace
+
+ShardEngine::ShardEngine(const Config& cfg, const data::Dataset& train, const ps::RoleLayout& layout,
+                         transport::Transport& t, int worker, int64_t stepsPerEpoch, bool enforced,
+                         bool elastic)
+    : cfg_(cfg), train_(train), layout_(layout), t_(t), w_(worker), stepsPerEpoch_(stepsPerEpoch),
+      enforced_(enforced), elastic_(elastic), straggle_(cfg.straggleSpec()),
+      spec_(kernels::parseModelSpec(cfg.model)), sharder_(train.count, layout.workers(), cfg.seed),
+      finished_(static_cast<size_t>(layout.workers()), 0),
+      lastRemaining_(static_cast<size_t>(layout.workers()), 0.0) {
+  shardMax_ = (cfg.batch + cfg.shards - 1) / cfg.shards;
+  threads_ = workerThreads(cfg.threads, ranksOnNode(t));
+  const int lanes = elastic ? cfg.maxParallelism : 1;
+  lanes_ = std::vector<Lane>(static_cast<size_t>(lanes));
+  for (int i = 0; i < lanes; ++i) lanes_[i].th = std::thread([this, i] { laneMain(i); });
+  std::unique_lock<std::mutex> lk(mu_);
+  idle_.wait(lk, [&] { return ready_ == lanes || laneError_; });
+  if (laneError_) {
+    lk.unlock();
+    stop_ = true;
+    work_.notify_all();
+    for (auto& l : lanes_) l.th.join();
+    std::rethrow_exception(laneError_);
+  }
+  n_ = lanes_[0].model->paramCount();
+  cpu_ = lanes_[0].be->kind() == kernels::DeviceKind::kCpu;
+}
+
+void ShardEngine::setPushBuffer(float* grads) {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (!enforced_ || !cpu_) return;
+  pushBuf_ = grads;
+  lanes_[0].model->bindGrads(grads);
+}
+
+ShardEngine::~ShardEngine() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stop_ = true;
+  }
+  work_.notify_all();
+  for (auto& l : lanes_)
+    if (l.th.joinable()) l.th.join();
+  for (auto id : sends_) (void)t_.sendDone(id);
+}
+
+// A lane builds its own backend and model on its own thread (the CPU backend's thread count
+// is per thread), then computes shards until stopped.
+void ShardEngine::laneMain(int i) {
+  Lane& L = lanes_[i];
+  try {
+    L.be = kernels::makeBackend(cfg_.device, threads_);
+    L.model = std::make_unique<kernels::Model>(*L.be, spec_, shardMax_);
+    L.x.resize(static_cast<size_t>(shardMax_) * train_.sampleSize());
+    L.y.resize(static_cast<size_t>(shardMax_));
+    if (L.be->kind() != kernels::DeviceKind::kCpu) L.hostGrads.resize(L.model->paramCount());
+  } catch (...) {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (!laneError_) laneError_ = std::current_exception();
+    idle_.notify_all();
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    ++ready_;
+  }
+  idle_.notify_all();
+  for (;;) {
+    ShardTask task;
+    const float* params = nullptr;
+    uint64_t version = 0;
+    int64_t step = 0;
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      work_.wait(lk, [&] {
+        return stop_ || (i < active_ && !queue_.empty());
+      });
+      if (stop_) return;
+      task = queue_.front();
+      queue_.pop_front();
+      ++inflight_;
+      params = params_;
+      version = version_;
+      step = curStep_;
+    }
+    try {
+      const auto c0 = Clock::now();
+      if (L.version != version) {
+        // CPU lanes compute with the published weights in place; device lanes copy them.
+        if (cpu_)
+          L.model->bindParams(const_cast<float*>(params));
+        else
+          L.be->copyToDevice(L.model->params(), params, n_ * sizeof(float));
+        L.version = version;
+      }
+      data::gatherBatch(train_, task.ids, task.n, L.x.data(), L.y.data());
+      const uint64_t dropoutSeed = cfg_.seed + 1000003ull * static_cast<uint64_t>(task.owner);
+      const kernels::LossResult r = L.model->forwardBackward(
+          L.x.data(), L.y.data(), task.n, dropoutSeed,
+          static_cast<uint64_t>(task.step) * static_cast<uint64_t>(cfg_.shards) + task.k, !L.fresh,
+          1.0f / static_cast<float>(cfg_.shards));
+      L.be->synchronize();
+      // Injected straggling scales this lane's real compute (this worker's slowness at its
+      // current iteration, whoever owns the shard).
+      const double factor = straggle_.factorFor(cfg_.seed, t_.rank(), step);
+      double slept = 0;
+      if (factor > 1.0) {
+        slept = (factor - 1.0) * seconds(c0, Clock::now());
+        std::this_thread::sleep_for(std::chrono::duration<double>(slept));
+      }
+      const double took = seconds(c0, Clock::now());
+      if (!cfg_.auditSamples.empty())
+        for (int s = 0; s < task.n; ++s) L.audit.emplace_back(task.epoch, task.ids[s]);
+      std::lock_guard<std::mutex> lk(mu_);
+      L.fresh = false;
+      L.lossSum += r.lossSum;
+      L.samples += task.n;
+      const double per = took / task.n;
+      perSample_ = perSample_ == 0 ? per : 0.3 * per + 0.7 * perSample_;
+      straggleSeconds_ += slept;
+      if (task.owner == w_)
+        ++counters_.own;
+      else
+        ++counters_.stolen;
+      --inflight_;
+    } catch (...) {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (!laneError_) laneError_ = std::current_exception();
+      --inflight_;
+    }
+    idle_.notify_all();
+  }
+}
+
+void ShardEngine::rethrowLaneError() {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (laneError_) std::rethrow_exception(laneError_);
+}
+
+void ShardEngine::waitIdle() {
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      if (laneError_) std::rethrow_exception(laneError_);
+      if (queue_.empty() && inflight_ == 0) return;
+      // Short waits: steal requests must be answered while the lanes compute.
+      idle_.wait_for(lk, std::chrono::microseconds(500));
+    }
+    service();
+  }
+}
+
+void ShardEngine::publish(const float* params) {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (enforced_) {
+    params_ = params;  // nothing writes it while lanes compute (the pull waits for collect)
+  } else {
+    published_.assign(params, params + n_);
+    params_ = published_.data();
+  }
+  ++version_;
+}
+
+void ShardEngine::plan(double median) {
+  int p = active_;
+  if (elastic_ && median > 0 && perSample_ > 0)
+    p = static_cast<int>(std::lround(singleLaneSeconds() / median));
+  p = std::clamp(p, 1, static_cast<int>(lanes_.size()));
+  std::lock_guard<std::mutex> lk(mu_);
+  active_ = p;
+  ++counters_.iterations;
+  counters_.laneSum += p;
+  counters_.maxLanes = std::max(counters_.maxLanes, p);
+}
+
+ShardTask ShardEngine::taskOf(int owner, int64_t step, int k) {
+  const int epoch = static_cast<int>(step / stepsPerEpoch_);
+  auto key = std::make_pair(owner, epoch);
+  auto it = orders_.find(key);
+  if (it == orders_.end()) {
+    // Keep the orders of this epoch and the one before (a transfer can straddle a boundary).
+    for (auto o = orders_.begin(); o != orders_.end();)
+      o = o->first.second < epoch - 1 ? orders_.erase(o) : std::next(o);
+    it = orders_.emplace(key, sharder_.shard(epoch, owner)).first;
+  }
+  const int64_t size = static_cast<int64_t>(it->second.size());
+  int64_t first = (step % stepsPerEpoch_) * cfg_.batch;
+  if (first >= size) first = 0;  // a shard one sample shorter (as the unsharded loop does)
+  const int64_t n = std::min<int64_t>(cfg_.batch, size - first);
+  const int64_t lo = first + n * k / cfg_.shards, hi = first + n * (k + 1) / cfg_.shards;
+  return ShardTask{owner, step, k, epoch, it->second.data() + lo, static_cast<int>(hi - lo)};
+}
+
+void ShardEngine::runOwn(int64_t step) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    curStep_ = step;
+    for (int k = 0; k < cfg_.shards; ++k) {
+      ShardTask task = taskOf(w_, step, k);
+      if (task.n > 0) queue_.push_back(task);
+    }
+  }
+  work_.notify_all();
+  waitIdle();
+}
+
+void ShardEngine::reapSends() {
+  sends_.erase(std::remove_if(sends_.begin(), sends_.end(), [&](transport::SendId id) { return t_.sendDone(id); }),
+               sends_.end());
+}
+
+void ShardEngine::service() {
+  Header h;
+  int src = -1;
+  while (t_.poll(MsgType::kSteal, &h, &src)) {
+    Header g;
+    g.type = MsgType::kGrant;
+    g.client = w_;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      g.clock = curStep_;
+      // Enforced: the requester is on this step (its gradients join the same clock). Slack and
+      // FlexRR: the requester is ahead of this worker (this worker holds it back).
+      const bool eligible = cfg_.transfer && curStep_ >= 0 &&
+                            (enforced_ ? h.clock == curStep_ : h.clock > curStep_);
+      int r = 0;
+      for (auto it = queue_.rbegin(); it != queue_.rend() && it->owner == w_ && it->step == curStep_; ++it) ++r;
+      int give = 0;
+      if (eligible && r > 0) {
+        // Split what is left so that both finish together: the requester's share is its
+        // rate / (its rate + ours) (rates in samples per second over all lanes).
+        const double ours = perSample_ > 0 ? active_ / perSample_ : 0;
+        const double theirs = h.value;
+        give = ours <= 0 ? r : static_cast<int>(std::lround(r * theirs / (theirs + ours)));
+        give = std::clamp(give, 0, r);
+      }
+      int lo = cfg_.shards, hi = -1;
+      for (int i = 0; i < give; ++i) {
+        lo = std::min(lo, queue_.back().k);
+        hi = std::max(hi, queue_.back().k + 1);
+        queue_.pop_back();
+      }
+      if (give > 0) {
+        g.offset = lo;
+        g.version = hi;
+        counters_.given += give;
+      }
+      const double per = static_cast<double>(cfg_.batch) / cfg_.shards * perSample_;
+      g.value = (r - give) * per / active_;
+    }
+    reapSends();
+    sends_.push_back(t_.send(src, g, nullptr));
+  }
+  while (t_.poll(MsgType::kFinished, &h, &src))
+    if (h.client >= 0 && h.client < static_cast<int>(finished_.size())) finished_[h.client] = 1;
+}
+
+int64_t ShardEngine::stealRound(int64_t clock, const std::function<bool()>& stop,
+                                const std::function<bool(int rank)>& alive) {
+  if (!cfg_.transfer) return 0;
+  int64_t computed = 0;
+  // Ask the worker projected to finish last first; unknown ones in rank order after this one.
+  std::vector<int> order;
+  for (int i = 1; i < layout_.workers(); ++i) order.push_back((w_ + i) % layout_.workers());
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int a, int b) { return lastRemaining_[a] > lastRemaining_[b]; });
+  for (int v : order) {
+    for (;;) {
+      if (stop && stop()) return computed;
+      service();
+      if (finished_[v] || !alive(layout_.workerRank(v))) break;
+      Header q;
+      q.type = MsgType::kSteal;
+      q.client = w_;
+      q.clock = clock;
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        q.value = perSample_ > 0 ? active_ / perSample_ : 1.0;
+      }
+      reapSends();
+      sends_.push_back(t_.send(layout_.workerRank(v), q, nullptr));
+      ++counters_.stealRequests;
+      Header g;
+      int src = -1;
+      const auto deadline = Clock::now() + std::chrono::duration<double>(cfg_.peerTimeoutS);
+      transport::Backoff b;
+      bool answered = false;
+      while (!answered) {
+        while (t_.poll(MsgType::kGrant, &g, &src))
+          if (src == layout_.workerRank(v)) {
+            answered = true;
+            break;
+          }
+        if (answered) break;
+        service();
+        if (finished_[v] || !alive(layout_.workerRank(v))) break;  // it can no longer answer
+        if (Clock::now() > deadline)
+          throw transport::PeerFailure({layout_.workerRank(v)}, 0,
+                                       detail::concat("worker ", v, " (rank ", layout_.workerRank(v),
+                                                      ") did not answer a steal request within ",
+                                                      cfg_.peerTimeoutS, " s"));
+        b.pause();
+      }
+      if (!answered) break;
+      lastRemaining_[v] = g.value;
+      if (g.version <= g.offset) break;  // nothing (left) to give
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        for (int64_t k = g.offset; k < g.version; ++k) {
+          ShardTask task = taskOf(v, g.clock, static_cast<int>(k));
+          if (task.n > 0) {
+            queue_.push_back(task);
+            ++computed;
+          }
+        }
+      }
+      work_.notify_all();
+      waitIdle();
+    }
+  }
+  return computed;
+}
+
+void ShardEngine::collect(float* dst, double* lossSum, int64_t* samples) {
+  rethrowLaneError();
+  *lossSum = 0;
+  *samples = 0;
+  std::lock_guard<std::mutex> lk(mu_);
+  // The lanes' gradients are already scaled by 1/K: the push is their sum. Lane 0 may have
+  // accumulated into dst itself (setPushBuffer).
+  bool any = false;
+  if (pushBuf_) {
+    PHX_ENFORCE(dst == pushBuf_, "collect into a buffer other than the push buffer");
+    if (lanes_[0].fresh) std::fill(dst, dst + n_, 0.0f);
+    any = true;
+  }
+  for (auto& L : lanes_) {
+    if (!L.fresh && !(pushBuf_ && &L == &lanes_[0])) {
+      const float* g = L.model->grads();
+      if (!L.hostGrads.empty()) {
+        L.be->copyToHost(L.hostGrads.data(), g, n_ * sizeof(float));
+        g = L.hostGrads.data();
+      }
+      if (!any)
+        std::copy(g, g + n_, dst);
+      else
+#pragma omp simd
+        for (size_t i = 0; i < n_; ++i) dst[i] += g[i];
+      any = true;
+    }
+    *lossSum += L.lossSum;
+    *samples += L.samples;
+    L.fresh = true;
+    L.lossSum = 0;
+    L.samples = 0;
+  }
+  if (!any) std::fill(dst, dst + n_, 0.0f);
+}
+
+void ShardEngine::finish(const std::function<bool(int rank)>& alive, double timeoutS) {
+  finished_[w_] = 1;
+  for (int v = 0; v < layout_.workers(); ++v) {
+    if (v == w_ || !alive(layout_.workerRank(v))) continue;
+    Header f;
+    f.type = MsgType::kFinished;
+    f.client = w_;
+    sends_.push_back(t_.send(layout_.workerRank(v), f, nullptr));
+  }
+  const auto deadline = Clock::now() + std::chrono::duration<double>(timeoutS);
+  transport::Backoff b;
+  for (;;) {
+    service();
+    bool all = true;
+    for (int v = 0; v < layout_.workers(); ++v)
+      if (!finished_[v] && alive(layout_.workerRank(v))) all = false;
+    if (all) break;
+    if (Clock::now() > deadline)
+      throw transport::PeerFailure({}, 0,
+                                   detail::concat("worker ", w_, " waited ", timeoutS,
+                                                  " s for the other workers to finish their shards"));
+    b.pause();
+  }
+  for (auto id : sends_) {
+    const auto until = Clock::now() + std::chrono::duration<double>(timeoutS);
+    while (!t_.sendDone(id) && Clock::now() < until) b.pause();
+  }
+  sends_.clear();
+}
+
+void ShardEngine::writeAudit() {
+  if (cfg_.auditSamples.empty()) return;
+  std::ofstream out(cfg_.auditSamples + ".w" + std::to_string(w_), std::ios::app);
+  if (!out) PHX_USER_ERROR("cannot write --audit-samples file ", cfg_.auditSamples, ".w", w_);
+  for (auto& L : lanes_)
+    for (auto& [e, id] : L.audit) out << e << ' ' << id << '\n';
+}
+
+}  // namespace phx::train

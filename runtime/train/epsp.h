@@ -1,0 +1,153 @@
+// Internal to runtime/train: the sharded iteration of EPSP and FlexRR (docs/architecture.md,
+// "EPSP"). A worker's iteration is K shards (micro-batches) of its batch. Lanes (threads, each
+// with its own backend and model copy; streams on a GPU) take shards from the front of the
+// worker's queue, p_w of them at once, and accumulate the shards' mean gradients; the push is
+// their sum / K. Task transfer: a pioneer asks the other workers for not-yet-started shards
+// (kSteal, header only); a worker grants shards from the tail of its own queue (kGrant carries
+// the shard range and the step, never data: the pioneer reads those samples itself, from the
+// same seeded epoch permutation). Every sample of an epoch is computed exactly once.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "kernels/model.h"
+#include "runtime/core/config.h"
+#include "runtime/data/fashion_mnist.h"
+#include "runtime/ps/layout.h"
+#include "runtime/transport/transport.h"
+
+namespace phx::train {
+
+// Shard k of worker `owner`'s iteration `step`: n samples, ids into the owner's epoch order.
+struct ShardTask {
+  int owner = -1;
+  int64_t step = 0;
+  int k = 0;
+  int epoch = 0;
+  const uint32_t* ids = nullptr;
+  int n = 0;
+};
+
+struct ShardCounters {
+  int64_t own = 0;            // own shards computed here
+  int64_t stolen = 0;         // other workers' shards computed here (transfer in)
+  int64_t given = 0;          // own shards granted to another worker (transfer out)
+  int64_t stealRequests = 0;  // requests sent
+  int64_t iterations = 0;
+  double laneSum = 0;         // sum of p_w over iterations (mean parallelism = laneSum / iterations)
+  int maxLanes = 0;
+};
+
+class ShardEngine {
+ public:
+  // enforced: grants go to a requester on the same step (its gradients join that step's push);
+  // otherwise (slack EPSP, FlexRR) to a requester ahead of this worker. elastic: p_w follows
+  // the measured throughput (EPSP); off: one lane (FlexRR).
+  ShardEngine(const Config& cfg, const data::Dataset& train, const ps::RoleLayout& layout,
+              transport::Transport& t, int worker, int64_t stepsPerEpoch, bool enforced, bool elastic);
+  ~ShardEngine();
+  ShardEngine(const ShardEngine&) = delete;
+  ShardEngine& operator=(const ShardEngine&) = delete;
+
+  // The weights the lanes compute with from now on (host memory, paramCount floats, unchanged
+  // until the next publish except while a pull writes into it: lanes that have not copied the
+  // newest weights yet then stay idle).
+  void publish(const float* params);
+  // Enforced mode on the CPU: lane 0 accumulates straight into the push buffer (collect then
+  // only adds the other lanes). Not in slack mode: its steals run while that buffer is sent.
+  void setPushBuffer(float* grads);
+  // Elastic parallelism for the next iteration from the servers' median single-lane
+  // iteration time (<= 0: unknown, keep p_w).
+  void plan(double medianSeconds);
+  // This worker's iteration `step`: its K shards on p_w lanes; answers steal requests meanwhile.
+  void runOwn(int64_t step);
+  // Task transfer: asks the other live workers for shards until none has any left (or
+  // `stop()` says to stop), computing what they grant. Returns the shards computed.
+  int64_t stealRound(int64_t clock, const std::function<bool()>& stop,
+                     const std::function<bool(int rank)>& alive);
+  // dst = (sum of the lanes' accumulated shard gradients) / K; the lanes start afresh. dst must
+  // be the push buffer given to setPushBuffer, if one was.
+  void collect(float* dst, double* lossSum, int64_t* samples);
+  // Answers steal requests and notes finished workers; never waits. Called from every wait.
+  void service();
+  // End of training: tells every other worker, then answers requests until each live worker
+  // has said the same.
+  void finish(const std::function<bool(int rank)>& alive, double timeoutS);
+  void writeAudit();
+
+  int lanes() const { return active_; }
+  // One lane doing the whole batch: batch x time per sample (what the push reports).
+  double singleLaneSeconds() const { return static_cast<double>(cfg_.batch) * perSample_; }
+  // Projected finish of an iteration started now: K shards x time per shard / p_w.
+  double projectedSeconds() const { return singleLaneSeconds() / active_; }
+  const ShardCounters& counters() const { return counters_; }
+  double straggleSeconds() const { return straggleSeconds_; }
+
+ private:
+  struct Lane {
+    std::thread th;
+    std::unique_ptr<kernels::Backend> be;
+    std::unique_ptr<kernels::Model> model;
+    uint64_t version = 0;
+    bool fresh = true;
+    double lossSum = 0;
+    int64_t samples = 0;
+    std::vector<float> x, hostGrads;
+    std::vector<int32_t> y;
+    std::vector<std::pair<int, uint32_t>> audit;
+  };
+  void laneMain(int i);
+  void waitIdle();
+  void rethrowLaneError();
+  // The samples of shard k of `owner`'s step (epoch order cached per owner).
+  ShardTask taskOf(int owner, int64_t step, int k);
+  void reapSends();
+
+  const Config& cfg_;
+  const data::Dataset& train_;
+  const ps::RoleLayout& layout_;
+  transport::Transport& t_;
+  int w_;
+  int64_t stepsPerEpoch_;
+  bool enforced_, elastic_;
+  StraggleSpec straggle_;
+  kernels::ModelSpec spec_;
+  size_t n_ = 0;
+  int shardMax_ = 1, threads_ = 1;
+  data::EpochSharder sharder_;
+  std::map<std::pair<int, int>, std::vector<uint32_t>> orders_;  // (owner, epoch) -> ids
+
+  std::mutex mu_;
+  std::condition_variable work_, idle_;
+  std::deque<ShardTask> queue_;
+  int inflight_ = 0, ready_ = 0, active_ = 1;
+  bool stop_ = false;
+  uint64_t version_ = 0;
+  const float* params_ = nullptr;
+  std::vector<float> published_;  // slack: the lanes' own copy (pulls write the worker's buffer)
+  float* pushBuf_ = nullptr;
+  bool cpu_ = true;
+  int64_t curStep_ = -1;
+  double straggleSeconds_ = 0;  // injected slowdown slept by the lanes
+  double perSample_ = 0;  // EMA of one lane's seconds per sample (compute + injected slowdown)
+  std::exception_ptr laneError_;
+  std::vector<Lane> lanes_;
+
+  std::vector<char> finished_;          // by worker index
+  std::vector<double> lastRemaining_;   // by worker index: projected seconds left, last grant
+  std::vector<transport::SendId> sends_;
+  ShardCounters counters_;
+};
+
+}  // namespace phx::train
