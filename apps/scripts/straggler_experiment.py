@@ -27,7 +27,11 @@ POLICIES = {
     "dynsgd": ["--sync", "dynsgd"],
     "epsp-enforced": ["--sync", "epsp", "--epsp-mode", "enforced"],
     "epsp-slack": ["--sync", "epsp", "--epsp-mode", "slack"],
+    # ablations (not in the default list): EPSP without task transfer, without elastic lanes
+    "epsp-notransfer": ["--sync", "epsp", "--epsp-mode", "enforced", "--transfer", "off"],
+    "epsp-p1": ["--sync", "epsp", "--epsp-mode", "enforced", "--max-parallelism", "1"],
 }
+DEFAULT_POLICIES = ["bsp", "ssp", "syncopt", "flexrr", "consgd", "dynsgd", "epsp-enforced", "epsp-slack"]
 
 
 def settings(workers, factor, prob):
@@ -48,6 +52,7 @@ def run_job(a, name, policy, setting_flags, seed):
            + POLICIES[policy] + setting_flags)
     if a.steps:
         cmd += ["--steps", str(a.steps)]
+    cmd += a.extra.split()
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                OMP_WAIT_POLICY="PASSIVE")
     for f in (base + ".csv", base + ".json"):
@@ -74,21 +79,26 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--phoenix", required=True)
     ap.add_argument("--out", default="docs/results/stragglers")
-    ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument("--policies", default=",".join(DEFAULT_POLICIES))
     ap.add_argument("--settings", default="fixed,random")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--model", default="cnn")
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--steps", type=int, default=0, help="per worker (0: --epochs); for smoke runs")
     ap.add_argument("--target", type=float, default=0.85)
     ap.add_argument("--factor", type=float, default=3.0)
     ap.add_argument("--prob", type=float, default=0.1, help="--straggle-random probability")
     ap.add_argument("--eval-every", default="2s")
     ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--extra", default="", help="further phoenix train flags for every job")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other policies' results from OUT/results.json (rerun a few only)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     results = {}
+    if a.merge and os.path.exists(os.path.join(a.out, "results.json")):
+        results = json.load(open(os.path.join(a.out, "results.json")))
     all_settings = settings(a.workers, a.factor, a.prob)
     for name in a.settings.split(","):
         for policy in a.policies.split(","):
@@ -96,7 +106,10 @@ def main():
                 sys.exit(f"unknown policy {policy} (known: {', '.join(POLICIES)})")
             for seed in [int(s) for s in a.seeds.split(",")]:
                 r = run_job(a, name, policy, all_settings[name], seed)
-                results.setdefault(name, {}).setdefault(policy, []).append(r)
+                runs = results.setdefault(name, {}).setdefault(policy, [])
+                if seed == int(a.seeds.split(",")[0]):
+                    runs.clear()  # --merge: this policy's earlier runs are replaced
+                runs.append(r)
                 print(f"{name:7s} {policy:14s} seed {seed}: {r['status']}"
                       + (f", {a.target:.0%} at {r['reach_s']} s, final {r['final']:.4f}" if r["status"] == "ok" else ""),
                       flush=True)

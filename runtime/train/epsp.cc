@@ -214,7 +214,8 @@ ShardTask ShardEngine::taskOf(int owner, int64_t step, int k) {
   return ShardTask{owner, step, k, epoch, it->second.data() + lo, static_cast<int>(hi - lo)};
 }
 
-void ShardEngine::runOwn(int64_t step) {
+void ShardEngine::startOwn(int64_t step) {
+  if (started(step)) return;
   {
     std::lock_guard<std::mutex> lk(mu_);
     curStep_ = step;
@@ -224,6 +225,10 @@ void ShardEngine::runOwn(int64_t step) {
     }
   }
   work_.notify_all();
+}
+
+void ShardEngine::runOwn(int64_t step) {
+  startOwn(step);
   waitIdle();
 }
 

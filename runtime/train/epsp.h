@@ -72,6 +72,10 @@ class ShardEngine {
   void plan(double medianSeconds);
   // This worker's iteration `step`: its K shards on p_w lanes; answers steal requests meanwhile.
   void runOwn(int64_t step);
+  // Queues the iteration's shards and returns at once (the chief does so before it evaluates:
+  // its lanes and, by transfer, the other workers compute them meanwhile); runOwn then waits.
+  void startOwn(int64_t step);
+  bool started(int64_t step) const { return curStep_ == step; }
   // Task transfer: asks the other live workers for shards until none has any left (or
   // `stop()` says to stop), computing what they grant. Returns the shards computed.
   int64_t stealRound(int64_t clock, const std::function<bool()>& stop,
