@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages Phoenix needs, only those missing (idempotent).
-# Usage: install_deps.sh [--torch]   (--torch adds python3-torch for the PyTorch comparison)
+# Usage: install_deps.sh [--torch] [--slurm]   (--torch adds python3-torch for the PyTorch
+# comparison, --slurm slurm-wlm and munge for the SLURM test, tests/slurm)
 # Runs apt-get directly as root, through sudo otherwise.
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config openmpi-bin libopenmpi-dev libhdf5-dev hdf5-tools
       libcli11-dev libdnnl-dev ocl-icd-opencl-dev zlib1g-dev libgtest-dev libbenchmark-dev
       dataset-fashion-mnist python3-matplotlib python3-numpy python3-h5py)
 # PyTorch links libblas.so.3: without OpenBLAS it gets the reference BLAS (10x slower).
-if [ "${1:-}" = "--torch" ]; then pkgs+=(python3-torch libopenblas0-pthread); fi
+for arg in "$@"; do
+  case "$arg" in
+    --torch) pkgs+=(python3-torch libopenblas0-pthread) ;;
+    --slurm) pkgs+=(slurm-wlm munge) ;;
+    *) echo "install_deps: unknown option $arg (accepted: --torch, --slurm)" >&2; exit 2 ;;
+  esac
+done
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

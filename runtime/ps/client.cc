@@ -268,6 +268,7 @@ void PsClient::takeReply(const Header& h, int src, int64_t clock, float* params)
   versions_[s] = h.version;
   steps_[s] = static_cast<int64_t>(h.value);
   if (s == 0 && h.aux > 0) medianMicros_ = h.aux;
+  if (h.flags & transport::kStop) stop_ = true;
   got[s] = 1;
   if (s == 0 && out_.isPush) ++acked0_;
 }

@@ -76,6 +76,8 @@ class PsClient {
   // Pushes to shard 0 acknowledged by a reply, plus buffered updates delivered in a backlog.
   int64_t acknowledged() const { return acked0_; }
 
+  // A server said the job is stopping (SIGUSR1): end after this step.
+  bool stopRequested() const { return stop_; }
   int64_t version(int shard) const { return versions_[shard]; }
   int64_t minVersion() const;
   // Smallest server position (in worker steps) over the shards' last replies.
@@ -125,6 +127,7 @@ class PsClient {
   std::vector<char> lastSent_;  // the backlog told the server this client is done
   double bytesSent_ = 0, bytesReceived_ = 0;
   int32_t stepMicros_ = 0, medianMicros_ = 0;
+  bool stop_ = false;
 };
 
 }  // namespace phx::ps

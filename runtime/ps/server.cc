@@ -299,6 +299,11 @@ void Server::applyWith(const float* grad, int64_t baseVersion, const kernels::Sg
              opt_.replicateEvery > 0 && stats_.version % opt_.replicateEvery == 0) {
     forward(nullptr, p, true);
   }
+  if (!stopLatched_ && opt_.stopRequested && opt_.stopRequested()) {
+    stopLatched_ = true;
+    log::warn("shard ", opt_.shard, ": stop requested (SIGUSR1) at version ", stats_.version,
+              "; the workers end after this step");
+  }
   if (opt_.afterApply) opt_.afterApply();
 }
 
@@ -352,6 +357,7 @@ bool Server::tryServe(const PendingPull& p) {
   // The server's position in worker steps (a resumed job's workers start from it).
   r.value = static_cast<double>(policy_.roundBased() ? round_ : stats_.version / opt_.clients);
   r.aux = medianStepMicros();
+  if (stopLatched_) r.flags |= transport::kStop;
   r.offset = opt_.range.lo;
   r.bytes = static_cast<int64_t>(w_.size() * sizeof(float));
   inflight_.push_back(t_.send(p.src, r, w_.data()));

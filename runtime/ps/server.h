@@ -54,6 +54,9 @@ struct ServerOptions {
   // whole state every replicateEvery updates).
   enum class Chain { kNone, kSync, kAsync } chain = Chain::kNone;
   int64_t replicateEvery = 100;
+  // Asked after every applied update: true latches a stop (SIGUSR1), and every pull reply from
+  // then on tells the worker to end after its step (BSP: all workers after the same round).
+  std::function<bool()> stopRequested;
 };
 
 // How a stateless replacement applies the clients' buffered updates (--backlog-rule).
@@ -97,6 +100,7 @@ class Server {
   const std::vector<float>& weights() const { return w_; }
   const std::vector<float>& momentum() const { return v_; }
   int64_t round() const { return round_; }
+  bool stopLatched() const { return stopLatched_; }
   const KeyRange& range() const { return opt_.range; }
   int shard() const { return opt_.shard; }
 
@@ -191,6 +195,7 @@ class Server {
   std::vector<char> known_;       // offset known (false only during a resync)
   int64_t round_ = 0;             // BSP: rounds closed (= the open round's logical clock)
   bool resync_ = false;
+  bool stopLatched_ = false;
   double firstApply_ = 0;
   bool resolveOffset(int client, int64_t label);
   std::vector<char> done_;

@@ -221,6 +221,8 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
              {"scale_updates", jsonString(cfg_.scaleUpdates)},
              {"buffered_updates", detail::concat(static_cast<int64_t>(buffered))},
              {"buffer_overflow", detail::concat(static_cast<int64_t>(overflow))},
+             {"steps_completed", detail::concat(stepsDone_)},
+             {"stopped_by_signal", stepsDone_ < s.steps ? "true" : "false"},
              {"epsp_mode", jsonString(cfg_.sync == "epsp" ? cfg_.epspMode : "")},
              {"shards", std::to_string(cfg_.shardedSync() ? cfg_.shards : 1)},
              {"max_parallelism", std::to_string(cfg_.sync == "epsp" ? cfg_.maxParallelism : 1)},

@@ -160,9 +160,8 @@ void WorkerLoop::writeProjection(int64_t step, phx::sync::WorkerClass c, double 
                static_cast<long long>(epsp_ ? epsp_->counters().given : 0));
 }
 
-// EPSP / FlexRR: plan p_w and classify from the projection, run the K own shards, in enforced
-// mode take shards from slower workers before pushing, and sum the lanes' gradients.
-void WorkerLoop::shardedStep(int64_t step, int* n, double* loss) {
+// EPSP / FlexRR: plan p_w and classify from the projection, queue the K own shards.
+void WorkerLoop::beginShardedStep(int64_t step) {
   const double median = client_.medianStepSeconds();
   epsp_->plan(median);
   const double projected = epsp_->projectedSeconds();
@@ -173,6 +172,13 @@ void WorkerLoop::shardedStep(int64_t step, int* n, double* loss) {
               " lane(s) against a median of ", median * 1e3, " ms",
               cfg_.transfer ? "; its unstarted shards go to pioneers" : "");
   writeProjection(step, c, projected);
+  epsp_->startOwn(step);
+}
+
+// Run the own shards to the end, in enforced mode take shards from slower workers before
+// pushing, and sum the lanes' gradients.
+void WorkerLoop::shardedStep(int64_t step, int* n, double* loss) {
+  if (!epsp_->started(step)) beginShardedStep(step);
   epsp_->runOwn(step);
   if (enforced_) epsp_->stealRound(step, nullptr, [this](int r) { return alive(r); });
   double lossSum = 0;
@@ -223,6 +229,7 @@ void WorkerLoop::shareWeights(int64_t clock) {
     h.clock = clock;
     h.version = client_.minVersion();
     h.value = static_cast<double>(client_.minServerStep());
+    if (client_.stopRequested()) h.flags |= transport::kStop;
     h.bytes = static_cast<int64_t>(n_ * sizeof(float));
     ids.push_back(t_.send(layout_.workerRank(m), h, paramBuf()));
   }
@@ -281,6 +288,7 @@ void WorkerLoop::exchange(int64_t clock, double loss) {
                         [this](int r) { return alive(r); });
     client_.awaitWeights(clock + 1, paramBuf());
     client_.waitPushes();
+    stopRequested_ = client_.stopRequested();
     // Stateless: the slices of shards that are down train on locally.
     if (client_.anyDown())
       client_.localStep(paramBuf(), static_cast<float>(learningRate(cfg_, clock, totalSteps_)));
@@ -298,6 +306,7 @@ void WorkerLoop::exchange(int64_t clock, double loss) {
     int src = -1;
     waitFor(MsgType::kGroupWeights, &h, &src, detail::concat("the group's weights of clock ", clock + 1));
     t_.recvPayload(src, MsgType::kGroupWeights, paramBuf(), bytes, cfg_.peerTimeoutS);
+    stopRequested_ = (h.flags & transport::kStop) != 0;
     t_.waitSend(id, cfg_.peerTimeoutS);
   }
   uploadParams();
@@ -384,12 +393,24 @@ TrainResult WorkerLoop::run() {
     }
     exchange(step, loss);
     samples += n;
+    if (stopRequested_) {
+      // SIGUSR1: every worker ends after this step (the servers chose it); the servers write
+      // the snapshot that --resume continues from.
+      stepsDone_ = step + 1;
+      if (isChief())
+        log::warn("stopped on SIGUSR1 after step ", stepsDone_, " of ", p.totalSteps, "; continue with --resume ",
+                  cfg_.checkpointDir);
+      break;
+    }
     if (!isChief()) continue;
     if (!metrics_) metrics_ = std::make_unique<MetricsCsv>(cfg_.metricsPath, true);  // took over
     if (ft_.det) pollEvents();
     const int64_t done = step + 1;
     progress.step(done, n, loss);
     if (progress.evalDue(done)) {
+      // EPSP: the next iteration's shards start now, on this worker's lanes and (transfer) on
+      // the others, instead of waiting for the evaluation.
+      if (epsp_ && done < p.totalSteps) beginShardedStep(done);
       lastTrainLoss = progress.takeEvalLoss();
       const EvalResult e = evaluate(model_, fm_.test, cfg_.evalBatch);
       progress.markEval(e.accuracy);
@@ -403,6 +424,7 @@ TrainResult WorkerLoop::run() {
     }
   }
   const double trainSeconds = progress.elapsed();
+  if (stepsDone_ < 0) stepsDone_ = p.totalSteps;
   if (isLeader()) client_.done();
   if (epsp_) {
     // Every steal request in flight is answered before any worker leaves.
@@ -417,8 +439,8 @@ TrainResult WorkerLoop::run() {
   if (!metrics_) metrics_ = std::make_unique<MetricsCsv>(cfg_.metricsPath, true);
   lastTrainLoss = progress.takeEvalLoss();
   TrainResult res = finishChief(trainSeconds, samples, lastTrainLoss);
-  metrics_->write(MetricsRow{progress.elapsed(), p.totalSteps,
-                           static_cast<double>(p.totalSteps) / p.stepsPerEpoch, lastTrainLoss,
+  metrics_->write(MetricsRow{progress.elapsed(), stepsDone_,
+                           static_cast<double>(stepsDone_) / p.stepsPerEpoch, lastTrainLoss,
                            res.summary.finalTestAccuracy, res.summary.updatesApplied, "end"});
   return res;
 }
@@ -440,6 +462,7 @@ TrainResult runDistributed(const Config& cfg, transport::Transport& t,
       PHX_USER_ERROR("--straggle ", cfg.straggle, ": rank ", r, " is not a worker (workers are ranks ",
                      layout.firstWorkerRank(), "-", layout.worldSize() - 1, ")");
   const ps::Role role = layout.roleOf(t.rank());
+  installStopSignal();
   log::setIdentity(t.rank(), ps::roleName(role), t.rank() == layout.chiefRank());
   if (t.rank() == layout.chiefRank()) log::info(layout.describe());
   policyOf(cfg);  // reject a bad --sync on every rank alike

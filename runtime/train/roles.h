@@ -113,6 +113,11 @@ kernels::SgdParams sgdOf(const Config& cfg);
 // The consistency policy of the run (--sync, --staleness, --backup-workers, --scale-updates).
 std::unique_ptr<phx::sync::SyncPolicy> policyOf(const Config& cfg);
 int ranksOnNode(const transport::Transport& t);
+// SIGUSR1 asks a job to stop at the next consistent step and snapshot (SLURM's
+// `--signal=B:USR1@N` before a time limit, slurm/). Installed on every rank of a job; repeats
+// are harmless.
+void installStopSignal();
+bool stopSignalled();
 
 // The server roles (server_role.cc). serveShard serves `shard` until every client is done (or
 // the chief releases a replica). runSpare idles until a view gives the

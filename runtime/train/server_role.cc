@@ -84,6 +84,7 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
     ckptSeconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     lastCkptUnix = recovery::unixNow();
   };
+  opt.stopRequested = [] { return stopSignalled(); };
   if (ckpt && !every.empty() && !every.isTime())
     opt.afterApply = [&] {
       if (srv->stats().version % (every.steps * perStep) == 0) snapshot();
@@ -221,6 +222,15 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
   const auto t0 = std::chrono::steady_clock::now();
   server.run(ft.chief);
   if (server.isHead() && !server.released()) sendEvent();  // a recovery right at the end
+  if (server.isHead() && server.stopLatched()) {
+    // SIGUSR1 (e.g. SLURM's --signal before the time limit): every worker has stopped after
+    // the same round; this snapshot is what `--resume` continues from.
+    snapshot();
+    if (writer) writer->flush();
+    log::warn("shard ", shard, ": stopped on SIGUSR1; snapshot at version ", server.stats().version,
+              " (round ", server.round(), ") in ", recovery::shardDir(cfg.checkpointDir, shard),
+              "; continue with --resume ", cfg.checkpointDir);
+  }
   if (writer) writer->flush();
   if (server.released() || !server.isHead()) return;  // a replica: nothing to report
   rs.tookOver = takeover ? 1 : 0;

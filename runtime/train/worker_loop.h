@@ -75,6 +75,8 @@ class WorkerLoop {
   std::vector<Recovered> recovered_;
   void pollEvents();
   int64_t startStep_ = 0;
+  bool stopRequested_ = false;  // SIGUSR1: a server said to end after this step
+  int64_t stepsDone_ = -1;      // the steps this run completed (set when the loop ends)
   double straggleSeconds_ = 0;  // injected slowdown slept (--straggle, --straggle-random)
   StraggleSpec straggle_;
   phx::sync::StragglerProjection projection_{0.2};
@@ -83,6 +85,7 @@ class WorkerLoop {
   std::unique_ptr<ShardEngine> epsp_;
   bool enforced_ = false;
   void shardedStep(int64_t step, int* n, double* loss);
+  void beginShardedStep(int64_t step);
   bool alive(int rank) const { return !ft_.det || ft_.det->view().isAlive(rank); }
   // Per-iteration projection rows (<metrics>.worker<W>.csv; none without --metrics).
   std::FILE* projCsv_ = nullptr;

@@ -52,6 +52,8 @@ enum HeaderFlags : uint16_t {
   kFullState = 2,  // on a replicate: the payload is the whole state, not one update
   kNoMomentum = 4, // on a replicate: the update was a plain SGD step (a stateless backlog)
   kLast = 8,       // on a backlog: the client is done after it (no separate done message)
+  kStop = 16,      // on a pull reply / group weights: the job was asked to stop (SIGUSR1): the
+                   // worker ends after this step and the servers write a snapshot
 };
 
 // Trivially copyable, sent as 64 raw bytes; both ends are the same binary.
