@@ -7,7 +7,7 @@ PHX := $(BUILD)/bin/phoenix
 RUN_DIR ?= phoenix-run
 
 
-.PHONY: all deps build run run-local test-fault test test-unit bench bench-torch bench-runtime bench-recovery bench-micro stragglers accuracy clean
+.PHONY: all deps build run run-local test-fault test test-unit bench bench-torch bench-runtime bench-recovery bench-micro stragglers recovery-experiment cost-table accuracy clean
 
 all: build
 
@@ -59,9 +59,20 @@ bench-runtime: build
 	apps/scripts/bench_runtime.sh $(PHX)
 
 # The straggler experiment (issue 5): every policy x fixed/random stragglers x 3 seeds on the cnn;
-# table and plot in docs/results/stragglers (long: about an hour on 2 cores).
+# table and plot in docs/results/stragglers (long: about 35 minutes on 2 cores).
 stragglers: build
 	/usr/bin/python3 apps/scripts/straggler_experiment.py --phoenix $(PHX) --out docs/results/stragglers
+
+# Paper A reproduced (issue 6): every recovery mode x one/two kills x 20 s / no downtime, 220 s
+# per run; table and figures in docs/results/recovery (long: about 2 hours on 2 cores).
+recovery-experiment: build
+	/usr/bin/python3 apps/scripts/recovery_experiment.py --phoenix $(PHX) --out docs/results/recovery
+
+# Cost per strategy to a target accuracy from the two experiments' results (docs/results.md).
+cost-table:
+	/usr/bin/python3 apps/scripts/cost_table.py --stragglers docs/results/stragglers/results.json \
+	  $$(test -f docs/results/recovery/results.json && echo --recovery docs/results/recovery/results.json) \
+	  --out docs/results/cost.md
 
 # Micro-benchmarks of per-step bookkeeping (Google Benchmark; docs/perf.md).
 bench-micro: build

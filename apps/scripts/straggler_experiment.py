@@ -92,15 +92,16 @@ def main():
     ap.add_argument("--eval-every", default="2s")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--extra", default="", help="further phoenix train flags for every job")
+    ap.add_argument("--report-only", action="store_true", help="only redo table and plot from OUT/results.json")
     ap.add_argument("--merge", action="store_true",
                     help="keep the other policies' results from OUT/results.json (rerun a few only)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     results = {}
-    if a.merge and os.path.exists(os.path.join(a.out, "results.json")):
+    if (a.merge or a.report_only) and os.path.exists(os.path.join(a.out, "results.json")):
         results = json.load(open(os.path.join(a.out, "results.json")))
     all_settings = settings(a.workers, a.factor, a.prob)
-    for name in a.settings.split(","):
+    for name in ([] if a.report_only else a.settings.split(",")):
         for policy in a.policies.split(","):
             if policy not in POLICIES:
                 sys.exit(f"unknown policy {policy} (known: {', '.join(POLICIES)})")
@@ -116,8 +117,9 @@ def main():
                 if r["status"] == "not built":
                     break  # the other seeds would say the same
 
-    lines = [f"| setting | policy | median time to {a.target:.0%} (s) | runs reaching it | median final accuracy | vs BSP |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"| setting | policy | median time to {a.target:.0%} (s) | runs reaching it | median final accuracy | vs BSP "
+             f"| median time for {a.epochs} epochs (s) |",
+             "|---|---|---|---|---|---|---|"]
     medians = {}
     for name, by_policy in results.items():
         for policy, runs in by_policy.items():
@@ -127,8 +129,10 @@ def main():
             medians[(name, policy)] = med
             status = "" if ok else runs[0]["status"]
             final = f"{statistics.median(r['final'] for r in ok):.4f}" if ok else status
+            secs = [r["seconds"] for r in ok if r.get("seconds")]
+            whole = f"{statistics.median(secs):.1f}" if secs else "-"
             lines.append(f"| {name} | {policy} | {f'{med:.1f}' if med is not None else (status or 'not reached')} | "
-                         f"{len(reach)}/{len(runs)} | {final} | PLACEHOLDER-{name}-{policy} |")
+                         f"{len(reach)}/{len(runs)} | {final} | PLACEHOLDER-{name}-{policy} | {whole} |")
     table = "\n".join(lines)
     for name in results:
         base = medians.get((name, "bsp"))

@@ -462,7 +462,7 @@ TrainResult runDistributed(const Config& cfg, transport::Transport& t,
       PHX_USER_ERROR("--straggle ", cfg.straggle, ": rank ", r, " is not a worker (workers are ranks ",
                      layout.firstWorkerRank(), "-", layout.worldSize() - 1, ")");
   const ps::Role role = layout.roleOf(t.rank());
-  installStopSignal();
+  installStopSignal(role != ps::Role::kWorker);
   log::setIdentity(t.rank(), ps::roleName(role), t.rank() == layout.chiefRank());
   if (t.rank() == layout.chiefRank()) log::info(layout.describe());
   policyOf(cfg);  // reject a bad --sync on every rank alike

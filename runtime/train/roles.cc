@@ -68,9 +68,9 @@ volatile std::sig_atomic_t gStop = 0;
 extern "C" void onStopSignal(int) { gStop = 1; }
 }  // namespace
 
-void installStopSignal() {
+void installStopSignal(bool handle) {
   struct sigaction sa {};
-  sa.sa_handler = onStopSignal;
+  sa.sa_handler = handle ? onStopSignal : SIG_IGN;
   sigemptyset(&sa.sa_mask);
   sa.sa_flags = SA_RESTART;
   sigaction(SIGUSR1, &sa, nullptr);

@@ -114,9 +114,10 @@ kernels::SgdParams sgdOf(const Config& cfg);
 std::unique_ptr<phx::sync::SyncPolicy> policyOf(const Config& cfg);
 int ranksOnNode(const transport::Transport& t);
 // SIGUSR1 asks a job to stop at the next consistent step and snapshot (SLURM's
-// `--signal=B:USR1@N` before a time limit, slurm/). Installed on every rank of a job; repeats
-// are harmless.
-void installStopSignal();
+// `--signal=B:USR1@N` before a time limit, slurm/). The ranks that can serve a shard handle it
+// (a flag; repeats are harmless); workers ignore it (the servers tell them when to stop), so
+// the signal never interrupts their compute or communication.
+void installStopSignal(bool handle);
 bool stopSignalled();
 
 // The server roles (server_role.cc). serveShard serves `shard` until every client is done (or

@@ -258,5 +258,34 @@ else
   bad "bench recovery: $(cat "$TMP/brec.txt" "$TMP/brec.json" 2>/dev/null | tail -5)"
 fi
 
+# 11. SIGUSR1 to mpirun (what SLURM's --signal sends before a time limit): every worker ends
+#     after the same round, the servers (2 shards) write a snapshot, exit 0; --resume finishes.
+t0=$SECONDS
+timeout 120 "${MPIRUN[@]}" -n 4 "$PHX" train "${COMMON[@]}" --recovery none --steps 3000 --servers 2 \
+  --sync bsp --log-level info --checkpoint-dir "$TMP/usr1.ckpt" --summary "$TMP/usr1.json" \
+  > "$TMP/usr1.log" 2>&1 &
+tm=$!
+for _ in $(seq 300); do grep -q "eval  step" "$TMP/usr1.log" && break; sleep 0.1; done
+# to mpirun itself (timeout would die of SIGUSR1): the child of the timeout process, by PID
+kill -USR1 "$(ps -o pid= --ppid $tm | head -1)"
+wait $tm; rc=$?
+echo "  usr1: $((SECONDS - t0)) s"
+if [ $rc -eq 0 ] && /usr/bin/python3 -c "import json,sys; s=json.load(open('$TMP/usr1.json')); sys.exit(0 if s['stopped_by_signal'] and 0 < s['steps_completed'] < 3000 and s['updates_applied'] == s['steps_completed'] else 1)" &&
+   ls "$TMP/usr1.ckpt/shard0/"snap-*.h5 "$TMP/usr1.ckpt/shard1/"snap-*.h5 >/dev/null 2>&1; then
+  ok
+  stopped=$(/usr/bin/python3 -c "import json; print(json.load(open('$TMP/usr1.json'))['steps_completed'])")
+  out=$(timeout 120 "${MPIRUN[@]}" -n 4 "$PHX" train "${COMMON[@]}" --recovery none --steps 3000 --servers 2 \
+        --sync bsp --log-level info --checkpoint-dir "$TMP/usr1.ckpt" --resume "$TMP/usr1.ckpt" \
+        --summary "$TMP/usr1b.json" 2>&1); rc=$?
+  if [ $rc -eq 0 ] && echo "$out" | grep -q "resuming from .* at step $stopped of 3000" &&
+     /usr/bin/python3 -c "import json,sys; s=json.load(open('$TMP/usr1b.json')); sys.exit(0 if not s['stopped_by_signal'] and s['steps_completed'] == 3000 and s['updates_applied'] == 3000 else 1)"; then
+    ok
+  else
+    bad "usr1 resume: rc $rc: $(echo "$out" | grep -iE 'resum|error' | head -3) $(cat "$TMP/usr1b.json" 2>/dev/null | head -c 300)"
+  fi
+else
+  bad "usr1: rc $rc: $(grep -iE 'SIGUSR1|error|stop' "$TMP/usr1.log" | head -5) $(cat "$TMP/usr1.json" 2>/dev/null | head -c 300)"
+fi
+
 echo "fault tests: $pass passed, $fail failed"
 [ $fail -eq 0 ]

@@ -1,0 +1,286 @@
+#!/usr/bin/python3
+"""Paper A ("Training Through Failure") reproduced with Phoenix: checkpointing, chain
+replication and the stateless server, each with BSP ("sync") and ASP ("async") training where
+the paper had both, plus hybrid and a run without failure; the parameter server is SIGKILLed at
+30 s (one kill) or at 30 s and 80 s (two kills), with the paper's 20 s downtime before the
+replacement serves, and again with no forced downtime (our real recovery time). Every run lasts
+--duration seconds (the paper: about 215 s) and is then stopped by SIGUSR1 (Phoenix ends after
+a consistent step).
+
+While a run goes, the driver samples every rank's CPU use and resident memory from /proc
+(ranks found as mpirun's children, identified by OMPI_COMM_WORLD_RANK); the metrics CSV gives
+test accuracy and processed updates over time. Outputs in --out: runs/*.csv|json (raw),
+samples/*.json (CPU, memory), table.md (accuracy at --at seconds beside the paper's), and the
+figures accuracy-1kill.png / accuracy-2kills.png (the paper's Figs. 4 and 5), cpu.png,
+memory.png, updates.png (Figs. 6-8).
+
+  /usr/bin/python3 apps/scripts/recovery_experiment.py --phoenix build/bin/phoenix \\
+      --out docs/results/recovery                       # the whole grid (about 2 hours)
+  ... --scenarios 1kill-20s --modes ckpt-sync,stateless --duration 120   # a part of it
+
+Paper settings by default: plain SGD, lr 0.01 constant, batch 32, the cnn; --workers 4 (the
+paper's logged runs had 1).
+"""
+import argparse
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+# mode -> (phoenix flags, the paper's column name or None)
+MODES = {
+    "none-sync": (["--sync", "bsp", "--recovery", "none"], None),
+    "none-async": (["--sync", "asp", "--recovery", "none"], None),
+    "ckpt-sync": (["--sync", "bsp", "--recovery", "checkpoint", "--checkpoint-every", "100",
+                   "--checkpoint-mode", "sync"], "sync ckpt"),
+    "ckpt-async": (["--sync", "asp", "--recovery", "checkpoint", "--checkpoint-every", "100",
+                    "--checkpoint-mode", "sync"], "async ckpt"),
+    "chain-sync": (["--sync", "bsp", "--recovery", "chain", "--chain-mode", "async",
+                    "--replicate-every", "100"], "sync chain"),
+    "chain-async": (["--sync", "asp", "--recovery", "chain", "--chain-mode", "async",
+                     "--replicate-every", "100"], "async chain"),
+    "stateless": (["--sync", "asp", "--recovery", "stateless", "--checkpoint-every", "100"], "stateless"),
+    "hybrid-sync": (["--sync", "bsp", "--recovery", "hybrid"], None),
+    "hybrid-async": (["--sync", "asp", "--recovery", "hybrid"], None),
+}
+# scenario -> (kill times, downtime seconds)
+SCENARIOS = {
+    "1kill-20s": (["30s"], 20),
+    "2kills-20s": (["30s", "80s"], 20),
+    "1kill-0s": (["30s"], 0),
+    "2kills-0s": (["30s", "80s"], 0),
+}
+PAPER = {  # accuracy at about 215 s [paper, logs]
+    1: {"sync ckpt": 0.765, "async ckpt": 0.758, "sync chain": 0.769, "async chain": 0.723, "stateless": 0.679},
+    2: {"sync ckpt": 0.724, "async ckpt": 0.738, "sync chain": 0.756, "async chain": 0.748, "stateless": 0.745},
+}
+
+
+def ranks_of(mpirun_pid):
+    """{rank: pid} of mpirun's children that are Phoenix ranks."""
+    out = {}
+    try:
+        kids = subprocess.run(["ps", "-o", "pid=", "--ppid", str(mpirun_pid)], capture_output=True,
+                              text=True).stdout.split()
+    except OSError:
+        return out
+    for k in kids:
+        try:
+            env = open(f"/proc/{k}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        for e in env:
+            if e.startswith(b"OMPI_COMM_WORLD_RANK="):
+                out[int(e.split(b"=")[1])] = int(k)
+    return out
+
+
+def sample(pid):
+    """(cpu seconds, rss MiB) of a process, or None when it is gone."""
+    try:
+        st = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        cpu = (int(st[11]) + int(st[12])) / os.sysconf("SC_CLK_TCK")
+        rss = next(int(l.split()[1]) for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS:")) / 1024
+        return cpu, rss
+    except (OSError, StopIteration, IndexError, ValueError):
+        return None
+
+
+def run(a, mode, scenario):
+    name = f"{scenario}-{mode}" if not mode.startswith("none") else mode
+    base = os.path.join(a.out, "runs", name)
+    os.makedirs(os.path.dirname(base), exist_ok=True)
+    os.makedirs(os.path.join(a.out, "samples"), exist_ok=True)
+    flags, _ = MODES[mode]
+    failing = not mode.startswith("none")
+    kills, downtime = SCENARIOS[scenario] if failing else ([], 0)
+    # servers 1; chain and hybrid: one replica per kill; checkpoint and stateless: one spare per kill
+    layout = ["--servers", "1"]
+    if failing and ("chain" in mode or "hybrid" in mode):
+        layout += ["--replicas", str(len(kills))]
+    elif failing:
+        layout += ["--spares", str(len(kills))]
+    ranks = 1 + (len(kills) if failing else 0) + a.workers
+    ckdir = base + "-ckpt"
+    subprocess.run(["rm", "-rf", ckdir])
+    for f in (base + ".csv", base + ".json"):
+        if os.path.exists(f):
+            os.remove(f)
+    cmd = (["mpirun", "--oversubscribe", "--bind-to", "none", "-n", str(ranks)]
+           + (["--enable-recovery"] if failing else [])
+           + [a.phoenix, "train", "--model", "cnn", "--epochs", "1000", "--threads", "1",
+              "--batch", "32", "--lr", "0.01", "--momentum", "0", "--lr-schedule", "constant",
+              "--seed", str(a.seed), "--eval-every", a.eval_every, "--log-level", "warn",
+              "--checkpoint-dir", ckdir, "--metrics", base + ".csv", "--summary", base + ".json"]
+           + layout + flags)
+    cmd += a.extra.split()
+    if failing:
+        cmd += ["--kill-server", ",".join(kills)]
+        if downtime:
+            cmd += ["--downtime", str(downtime)]
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMP_WAIT_POLICY="PASSIVE")
+    log = open(base + ".log", "w")
+    p = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    t0 = time.time()
+    samples = []
+    stopped = False
+    while p.poll() is None:
+        now = time.time() - t0
+        if now >= a.duration and not stopped:
+            os.kill(p.pid, signal.SIGUSR1)  # mpirun forwards it: a clean stop after a step
+            stopped = True
+        if now >= a.duration + 120:
+            os.killpg(p.pid, signal.SIGKILL)  # bounded: never outlives the run by much
+            break
+        row = {"t": round(now, 2)}
+        for r, pid in ranks_of(p.pid).items():
+            s = sample(pid)
+            if s:
+                row[str(r)] = s
+        samples.append(row)
+        time.sleep(1.0)
+    p.wait()
+    log.close()
+    json.dump({"ranks": ranks, "workers": a.workers, "samples": samples},
+              open(os.path.join(a.out, "samples", name + ".json"), "w"))
+    if not os.path.exists(base + ".json"):
+        return {"name": name, "status": f"failed (rc {p.returncode}), see {base}.log"}
+    rows = list(csv.DictReader(open(base + ".csv")))
+    curve = [(float(r["time_s"]), float(r["test_accuracy"]), int(r["updates_applied"]))
+             for r in rows if r["test_accuracy"]]
+    summary = json.load(open(base + ".json"))
+    return {"name": name, "mode": mode, "scenario": scenario if failing else "none", "status": "ok",
+            "curve": curve, "summary": {k: summary.get(k) for k in
+                                        ("final_test_accuracy", "updates_applied", "failures", "steps_completed")}}
+
+
+def at(curve, t):
+    """Test accuracy of the last evaluation at or before t seconds."""
+    best = None
+    for ts, acc, _ in curve:
+        if ts <= t:
+            best = acc
+    return best
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--phoenix", required=True)
+    ap.add_argument("--out", default="docs/results/recovery")
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS))
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--duration", type=float, default=220, help="seconds per run, then SIGUSR1")
+    ap.add_argument("--at", type=float, default=215, help="the table's accuracy time")
+    ap.add_argument("--eval-every", default="5s")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--extra", default="", help="further phoenix train flags for every run (e.g. --straggle 5:3)")
+    a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    results = []
+    modes = a.modes.split(",")
+    for m in modes:
+        if m not in MODES:
+            sys.exit(f"unknown mode {m} (known: {', '.join(MODES)})")
+    for sc in a.scenarios.split(","):
+        if sc not in SCENARIOS:
+            sys.exit(f"unknown scenario {sc} (known: {', '.join(SCENARIOS)})")
+    done_baselines = set()
+    for sc in a.scenarios.split(","):
+        for m in modes:
+            if m.startswith("none"):
+                if m in done_baselines:
+                    continue
+                done_baselines.add(m)
+            r = run(a, m, sc)
+            results.append(r)
+            acc = at(r["curve"], a.at) if r["status"] == "ok" else None
+            print(f"{r['name']:24s} {r['status']}" + (f", accuracy at {a.at:g} s: {acc}" if acc is not None else ""),
+                  flush=True)
+    json.dump(results, open(os.path.join(a.out, "results.json"), "w"), indent=1)
+    report(a, results)
+
+
+def report(a, results):
+    ok = [r for r in results if r["status"] == "ok"]
+    lines = [f"| run | kills | downtime | accuracy at {a.at:g} s | paper | updates applied | recovery ms |",
+             "|---|---|---|---|---|---|---|"]
+    for r in ok:
+        kills = len(SCENARIOS[r["scenario"]][0]) if r["scenario"] != "none" else 0
+        down = f"{SCENARIOS[r['scenario']][1]} s" if kills else "-"
+        paper = PAPER.get(kills, {}).get(MODES[r["mode"]][1]) if kills else None
+        rec = ", ".join(str(f.get("recovered_ms")) for f in (r["summary"]["failures"] or [])) or "-"
+        acc = at(r["curve"], a.at)
+        lines.append(f"| {r['mode']} | {kills} | {down} | {acc if acc is not None else '-'} | "
+                     f"{paper if paper is not None else '-'} | {r['summary']['updates_applied']} | {rec} |")
+    for r in results:
+        if r["status"] != "ok":
+            lines.append(f"| {r['name']} | | | {r['status']} | | | |")
+    open(os.path.join(a.out, "table.md"), "w").write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    for sc_name, title, fname in (("1kill", "one kill at 30 s", "accuracy-1kill.png"),
+                                  ("2kills", "kills at 30 s and 80 s", "accuracy-2kills.png")):
+        fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), squeeze=False)
+        for ax, down in zip(axes[0], ("20s", "0s")):
+            for r in ok:
+                if r["scenario"] == f"{sc_name}-{down}" or r["scenario"] == "none":
+                    ax.plot([c[0] for c in r["curve"]], [c[1] for c in r["curve"]], label=r["mode"],
+                            linestyle=":" if r["scenario"] == "none" else "-")
+            for k in SCENARIOS[f"{sc_name}-20s"][0]:
+                ax.axvline(float(k[:-1]), color="red", linewidth=0.8, alpha=0.5)
+            ax.set_title(f"{title}, {'20 s downtime (paper)' if down == '20s' else 'no forced downtime'}")
+            ax.set_xlabel("wall time (s)")
+            ax.set_ylabel("test accuracy")
+            ax.set_ylim(0.5, 0.95)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(a.out, fname), dpi=100)
+        plt.close(fig)
+    # Figs. 6-8: CPU use (cores), memory (MiB) summed over the ranks, processed updates, for the
+    # one-kill paper scenario.
+    for what, fname, ylabel in (("cpu", "cpu.png", "CPU use of all ranks (cores)"),
+                                ("mem", "memory.png", "resident memory of all ranks (MiB)"),
+                                ("upd", "updates.png", "updates applied (shard 0)")):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for r in ok:
+            if r["scenario"] not in ("1kill-20s", "none"):
+                continue
+            if what == "upd":
+                ax.plot([c[0] for c in r["curve"]], [c[2] for c in r["curve"]], label=r["mode"])
+                continue
+            s = json.load(open(os.path.join(a.out, "samples", r["name"] + ".json")))["samples"]
+            ts, ys, prev = [], [], None
+            for row in s:
+                ranks = {k: v for k, v in row.items() if k != "t"}
+                cpu = sum(v[0] for v in ranks.values())
+                mem = sum(v[1] for v in ranks.values())
+                if what == "cpu":
+                    if prev is not None and row["t"] > prev[0]:
+                        ts.append(row["t"])
+                        ys.append(max(0.0, (cpu - prev[1]) / (row["t"] - prev[0])))
+                    prev = (row["t"], cpu)
+                else:
+                    ts.append(row["t"])
+                    ys.append(mem)
+            ax.plot(ts, ys, label=r["mode"])
+        ax.axvline(30, color="red", linewidth=0.8, alpha=0.5)
+        ax.set_xlabel("wall time (s)")
+        ax.set_ylabel(ylabel)
+        ax.set_title("one kill at 30 s, 20 s downtime")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(a.out, fname), dpi=100)
+        plt.close(fig)
+    print("wrote", a.out)
+
+
+if __name__ == "__main__":
+    main()
