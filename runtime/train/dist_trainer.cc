@@ -371,9 +371,9 @@ TrainResult WorkerLoop::run() {
     if (epsp_) {
       shardedStep(step, &n, &loss);
     } else {
-      int64_t first = (step % p.stepsPerEpoch) * cfg_.batch;
-      if (first >= static_cast<int64_t>(shardSize)) first = 0;  // a shard one sample shorter
-      n = static_cast<int>(std::min<int64_t>(cfg_.batch, shardSize - first));
+      const BatchRange b = batchRange(step, p.stepsPerEpoch, cfg_.batch, static_cast<int64_t>(shardSize));
+      const int64_t first = b.first;
+      n = static_cast<int>(b.n);
       const auto c0 = std::chrono::steady_clock::now();
       data::gatherBatch(train, order.data() + first, n, x.data(), y.data());
       const kernels::LossResult r = model_.forwardBackward(x.data(), y.data(), n, dropoutSeed, step);

@@ -206,11 +206,8 @@ ShardTask ShardEngine::taskOf(int owner, int64_t step, int k) {
       o = o->first.second < epoch - 1 ? orders_.erase(o) : std::next(o);
     it = orders_.emplace(key, sharder_.shard(epoch, owner)).first;
   }
-  const int64_t size = static_cast<int64_t>(it->second.size());
-  int64_t first = (step % stepsPerEpoch_) * cfg_.batch;
-  if (first >= size) first = 0;  // a shard one sample shorter (as the unsharded loop does)
-  const int64_t n = std::min<int64_t>(cfg_.batch, size - first);
-  const int64_t lo = first + n * k / cfg_.shards, hi = first + n * (k + 1) / cfg_.shards;
+  const BatchRange b = batchRange(step, stepsPerEpoch_, cfg_.batch, static_cast<int64_t>(it->second.size()));
+  const int64_t lo = b.first + b.n * k / cfg_.shards, hi = b.first + b.n * (k + 1) / cfg_.shards;
   return ShardTask{owner, step, k, epoch, it->second.data() + lo, static_cast<int>(hi - lo)};
 }
 

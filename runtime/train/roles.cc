@@ -4,6 +4,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdlib>
 
@@ -45,6 +46,12 @@ Plan plan(const Config& cfg, const data::Dataset& train, int workers) {
   p.stepsPerEpoch = (static_cast<int64_t>(sharder.shardSize(0)) + cfg.batch - 1) / cfg.batch;
   p.totalSteps = cfg.steps > 0 ? cfg.steps : p.stepsPerEpoch * cfg.epochs;
   return p;
+}
+
+BatchRange batchRange(int64_t step, int64_t stepsPerEpoch, int batch, int64_t shardSize) {
+  int64_t first = (step % stepsPerEpoch) * batch;
+  if (first >= shardSize) first = 0;
+  return BatchRange{first, std::min<int64_t>(batch, shardSize - first)};
 }
 
 kernels::SgdParams sgdOf(const Config& cfg) {

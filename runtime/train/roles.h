@@ -109,6 +109,13 @@ struct Plan {
   int64_t stepsPerEpoch = 0, totalSteps = 0;
 };
 Plan plan(const Config& cfg, const data::Dataset& train, int workers);
+// The samples a worker trains on at `step`: [first, first + n) of its epoch order of
+// `shardSize` samples (the last batch of an epoch is shorter; a worker whose part is one sample
+// shorter starts over at 0).
+struct BatchRange {
+  int64_t first = 0, n = 0;
+};
+BatchRange batchRange(int64_t step, int64_t stepsPerEpoch, int batch, int64_t shardSize);
 kernels::SgdParams sgdOf(const Config& cfg);
 // The consistency policy of the run (--sync, --staleness, --backup-workers, --scale-updates).
 std::unique_ptr<phx::sync::SyncPolicy> policyOf(const Config& cfg);
