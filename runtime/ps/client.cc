@@ -64,7 +64,7 @@ void PsClient::retarget(const Directory& d) {
       continue;
     }
     if (doneSent_) {  // finished: the new server must not wait for this client
-      pending_.push_back(t_.send(dir_.rank[s], header(MsgType::kDone, s, 0), nullptr));
+      pending_.push_back(t_.send(dir_.rank[s], doneHeader(s), nullptr));
       continue;
     }
     if (!out_.active || out_.got[s]) continue;
@@ -235,6 +235,13 @@ void PsClient::awaitWeights(int64_t clock, float* params) {
   out_.active = false;
 }
 
+Header PsClient::doneHeader(int s) const {
+  Header d = header(MsgType::kDone, s, 0);
+  // A stop (SIGUSR1) that some shard announced: every shard snapshots.
+  if (stop_) d.flags |= transport::kStop;
+  return d;
+}
+
 bool PsClient::weightsArrived(int64_t clock, float* params) {
   std::vector<char>& got = out_.got;
   Header h;
@@ -304,8 +311,9 @@ void PsClient::done() {
   }
   doneSent_ = true;
   for (int s = 0; s < static_cast<int>(ranges_.size()); ++s)
-    if (dir_.rank[s] >= 0 && (lastSent_.empty() || !lastSent_[s]))
-      pending_.push_back(t_.send(dir_.rank[s], header(MsgType::kDone, s, 0), nullptr));
+    if (dir_.rank[s] >= 0 && (lastSent_.empty() || !lastSent_[s])) {
+      pending_.push_back(t_.send(dir_.rank[s], doneHeader(s), nullptr));
+    }
   waitPushes();
 }
 

@@ -91,6 +91,7 @@ class PsClient {
   void sendPull(int shard);
   void retarget(const Directory& d);
   void takeReply(const transport::Header& h, int src, int64_t clock, float* params);
+  transport::Header doneHeader(int shard) const;
   void pollHello();
   bool answerHello(const transport::Header& h, int src, bool last);
   void bufferGrad(int shard, const float* grads);

@@ -321,6 +321,10 @@ void Server::handleDone(const Header& h, int src) {
   if (!validate(h, src, MsgType::kDone, false)) return;
   if (done_[h.client]) return;
   done_[h.client] = 1;
+  if ((h.flags & transport::kStop) && !stopLatched_) {
+    stopLatched_ = true;  // the job stops on another shard's word: snapshot this one too
+    log::warn("shard ", opt_.shard, ": client ", h.client, " stopped on SIGUSR1 at version ", stats_.version);
+  }
   ++doneCount_;
   log::debug("shard ", opt_.shard, ": client ", h.client, " done at clock ", clocks_[h.client]);
   // A round that was only waiting for this client can close now.
