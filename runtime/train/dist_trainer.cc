@@ -381,10 +381,7 @@ TrainResult WorkerLoop::run() {
       const double factor = straggle_.factorFor(cfg_.seed, t_.rank(), step);
       if (factor > 1.0) {
         be_->synchronize();
-        const double compute = std::chrono::duration<double>(std::chrono::steady_clock::now() - c0).count();
-        const double extra = (factor - 1.0) * compute;
-        std::this_thread::sleep_for(std::chrono::duration<double>(extra));
-        straggleSeconds_ += extra;
+        straggleSeconds_ += straggleAfter(factor, c0);
       }
       const phx::sync::WorkerClass c =
           project(std::chrono::duration<double>(std::chrono::steady_clock::now() - c0).count());

@@ -125,12 +125,7 @@ void ShardEngine::laneMain(int i) {
       L.be->synchronize();
       // Injected straggling scales this lane's real compute (this worker's slowness at its
       // current iteration, whoever owns the shard).
-      const double factor = straggle_.factorFor(cfg_.seed, t_.rank(), step);
-      double slept = 0;
-      if (factor > 1.0) {
-        slept = (factor - 1.0) * seconds(c0, Clock::now());
-        std::this_thread::sleep_for(std::chrono::duration<double>(slept));
-      }
+      const double slept = straggleAfter(straggle_.factorFor(cfg_.seed, t_.rank(), step), c0);
       const double took = seconds(c0, Clock::now());
       if (!cfg_.auditSamples.empty())
         for (int s = 0; s < task.n; ++s) L.audit.emplace_back(task.epoch, task.ids[s]);

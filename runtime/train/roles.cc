@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <csignal>
 #include <cstdlib>
+#include <thread>
 
 #include "runtime/core/log.h"
 
@@ -48,6 +49,14 @@ Plan plan(const Config& cfg, const data::Dataset& train, int workers) {
   return p;
 }
 
+double straggleAfter(double factor, std::chrono::steady_clock::time_point since) {
+  if (factor <= 1.0) return 0.0;
+  const double extra =
+      (factor - 1.0) * std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
+  std::this_thread::sleep_for(std::chrono::duration<double>(extra));
+  return extra;
+}
+
 BatchRange batchRange(int64_t step, int64_t stepsPerEpoch, int batch, int64_t shardSize) {
   int64_t first = (step % stepsPerEpoch) * batch;
   if (first >= shardSize) first = 0;
@@ -63,9 +72,8 @@ std::unique_ptr<phx::sync::SyncPolicy> policyOf(const Config& cfg) {
   // EPSP and FlexRR shard and move work on the workers; their servers run the rule underneath:
   // enforced EPSP = a barrier per clock (BSP), slack EPSP and FlexRR = bounded staleness (SSP).
   if (cfg.sync == "epsp" || cfg.sync == "flexrr") {
-    auto p = phx::sync::makePolicy(cfg.sync == "epsp" && cfg.epspMode == "enforced" ? "bsp" : "ssp",
-                                   cfg.staleness, cfg.backupWorkers, cfg.scaleUpdates);
-    return p;
+    return phx::sync::makePolicy(cfg.sync == "epsp" && cfg.epspMode == "enforced" ? "bsp" : "ssp",
+                                 cfg.staleness, cfg.backupWorkers, cfg.scaleUpdates);
   }
   return phx::sync::makePolicy(cfg.sync, cfg.staleness, cfg.backupWorkers, cfg.scaleUpdates);
 }

@@ -3,6 +3,7 @@
 // interface: dist_trainer.h is.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -112,6 +113,9 @@ Plan plan(const Config& cfg, const data::Dataset& train, int workers);
 // The samples a worker trains on at `step`: [first, first + n) of its epoch order of
 // `shardSize` samples (the last batch of an epoch is shorter; a worker whose part is one sample
 // shorter starts over at 0).
+// Injected straggling (--straggle, --straggle-random): the work since `since` takes `factor`
+// times its real duration; sleeps (factor - 1) x that and returns the seconds slept.
+double straggleAfter(double factor, std::chrono::steady_clock::time_point since);
 struct BatchRange {
   int64_t first = 0, n = 0;
 };
