@@ -1,5 +1,7 @@
 #include "kernels/backend.h"
 
+#include <cstdlib>
+
 #include "kernels/cpu/cpu_backend.h"
 #include "phx_config.h"
 #include "runtime/core/error.h"
@@ -18,20 +20,30 @@ bool cudaAvailable(std::string* why) {
 #endif
 }
 
+int localRankFromEnv() {
+  // Open MPI, MPICH/Hydra, then SLURM's srun: the rank's index among the ranks of its node.
+  for (const char* v : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"})
+    if (const char* s = std::getenv(v)) {
+      const int r = std::atoi(s);
+      if (r >= 0) return r;
+    }
+  return 0;
+}
+
 std::unique_ptr<Backend> makeBackend(const std::string& device, int threads) {
   if (device == "cpu") return std::make_unique<CpuBackend>(threads);
   std::string why;
   const bool gpu = cudaAvailable(&why);
   if (device == "auto") {
 #if PHX_HAVE_CUDA
-    if (gpu) return makeCudaBackend();
+    if (gpu) return makeCudaBackend(localRankFromEnv());
 #endif
     return std::make_unique<CpuBackend>(threads);
   }
   if (device == "cuda") {
     if (!gpu) PHX_USER_ERROR("--device cuda: no usable GPU (", why, "); use --device cpu or auto");
 #if PHX_HAVE_CUDA
-    return makeCudaBackend();
+    return makeCudaBackend(localRankFromEnv());
 #endif
   }
   PHX_USER_ERROR("--device '", device, "' is not known (accepted: cpu, cuda, auto)");

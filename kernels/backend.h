@@ -127,7 +127,10 @@ inline constexpr bool dropoutKeep(uint64_t seed, uint64_t stream, uint64_t i, ui
 }
 
 // Creates the backend for "cpu", "cuda" or "auto" (CUDA when a device is usable, else CPU).
-// threads: CPU threads for the CPU backend (0 = leave the library default).
+// threads: CPU threads for the CPU backend (0 = leave the library default). A CUDA backend
+// uses GPU (local rank % visible GPUs), the local rank from the launcher's environment
+// (localRankFromEnv): one GPU per rank on a node with as many GPUs as ranks.
+int localRankFromEnv();
 // Throws UserError when "cuda" is asked for and no device can be used.
 std::unique_ptr<Backend> makeBackend(const std::string& device, int threads);
 

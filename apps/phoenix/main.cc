@@ -144,6 +144,10 @@ void addTrainFlags(CLI::App& app, phx::Config& c) {
       ->check(CLI::IsMember({"none", "constant", "staleness"}))->capture_default_str();
   app.add_option("--staleness", c.staleness, "SSP bound: how many clocks a worker may run ahead of the slowest")
       ->check(CLI::Range(0, 1000000))->capture_default_str();
+  app.add_option("--group-reduce", c.groupReduce,
+                 "How a worker group reduces: auto (NCCL for CUDA workers on distinct GPUs when built "
+                 "with NCCL, else MPI), mpi, nccl")
+      ->check(CLI::IsMember({"auto", "mpi", "nccl"}))->capture_default_str();
   app.add_option("--aggregate", c.aggregate,
                  "How a BSP round (and a worker group) combines gradients: sum (the papers) or mean")
       ->check(CLI::IsMember({"sum", "mean"}))->capture_default_str();

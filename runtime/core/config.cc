@@ -170,6 +170,10 @@ void Config::validate() const {
     PHX_USER_ERROR("--scale-updates ", scaleUpdates, " combines with --sync asp or ssp only (now ", sync,
                    "; consgd and dynsgd scale on their own)");
   if (staleness < 0) PHX_USER_ERROR("--staleness ", staleness, " must be >= 0");
+  if (groupReduce != "auto" && groupReduce != "mpi" && groupReduce != "nccl")
+    PHX_USER_ERROR("--group-reduce '", groupReduce, "' is not known (accepted: auto, mpi, nccl)");
+  if (groupReduce == "nccl" && device == "cpu")
+    PHX_USER_ERROR("--group-reduce nccl reduces on GPUs: use --device cuda (or --group-reduce mpi for CPU workers)");
   if (aggregate != "sum" && aggregate != "mean")
     PHX_USER_ERROR("--aggregate '", aggregate, "' is not known (accepted: sum, mean)");
   if (!(peerTimeoutS > 0.0)) PHX_USER_ERROR("--peer-timeout must be > 0 seconds");

@@ -66,6 +66,9 @@ struct Config {
   // PREFIX.w<worker> (one "epoch id" line each); "" = off.
   std::string auditSamples;
   std::string aggregate = "sum";  // how a BSP round combines gradients: sum (the papers) | mean
+  // How a worker group reduces: auto (NCCL when every member is a CUDA worker on its own GPU
+  // and the build has NCCL, else MPI point-to-point) | mpi | nccl (an error when not possible).
+  std::string groupReduce = "auto";
   double peerTimeoutS = 120;      // longest wait on one peer before it is declared unresponsive
   // recovery (recovery/, docs/recovery.md)
   // auto | none | checkpoint | chain | stateless | hybrid (auto: when the launch lets

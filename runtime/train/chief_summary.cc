@@ -202,6 +202,8 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
              {"workers", std::to_string(layout_.workers())},
              {"servers", std::to_string(layout_.servers())},
              {"group_size", std::to_string(layout_.groupSize())},
+             // how the chief's group reduced: none (size 1), mpi, nccl
+             {"group_reduce", jsonString(layout_.groupEnd(group_) - leader_ < 2 ? "none" : nccl_ ? "nccl" : "mpi")},
              {"sync", jsonString(cfg_.sync)},
              {"staleness", std::to_string(cfg_.staleness)},
              {"aggregate", jsonString(cfg_.aggregate)},

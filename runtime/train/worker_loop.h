@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kernels/backend.h"
+#include "kernels/group_reduce.h"
 #include "kernels/model.h"
 #include "recovery/view.h"
 #include "runtime/core/metrics.h"
@@ -60,7 +61,13 @@ class WorkerLoop {
   }
   void exchange(int64_t clock, double loss);  // push gradient of clock, get weights of clock+1
   void initialWeights();
+  // Worker groups: the leader sends the weights of `clock` to its members (MPI or NCCL); a
+  // member receives them (header + payload, or header + NCCL broadcast) onto its device.
   void shareWeights(int64_t clock);
+  Header receiveWeights(const std::string& what);
+  // GPU groups: agree on NCCL (every member on its own GPU, --group-reduce) or MPI.
+  void setupGroupReduce();
+  std::unique_ptr<kernels::NcclGroup> nccl_;
   TrainResult finishChief(double trainSeconds, int64_t samples, double lastTrainLoss);
   ps::Directory onViewChange();
   // waitHeader that follows view changes (re-targeting the client) instead of failing.

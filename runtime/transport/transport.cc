@@ -27,6 +27,7 @@ const char* msgTypeName(MsgType t) {
     case MsgType::kSteal: return "steal";
     case MsgType::kGrant: return "grant";
     case MsgType::kFinished: return "finished";
+    case MsgType::kGroupSetup: return "group-setup";
   }
   return "unknown";
 }

@@ -43,8 +43,11 @@ enum class MsgType : uint16_t {
   kSteal = 18,        // pioneer -> worker: "give me shards" (clock: the pioneer's, value: its rate)
   kGrant = 19,        // worker -> pioneer: shards [offset, version) of step clock (none: empty)
   kFinished = 20,     // worker -> workers: no more steal requests from me; answer none from now
+  // Worker groups of GPU workers (--group-reduce, docs/architecture.md "Worker groups"):
+  kGroupSetup = 21,   // member -> leader: its GPU's identity (payload, text); leader -> member:
+                      // value 1 = reduce over NCCL (payload: the NCCL id), 0 = over MPI, -1 = refused
 };
-inline constexpr int kNumMsgTypes = 21;
+inline constexpr int kNumMsgTypes = 22;
 const char* msgTypeName(MsgType t);
 
 enum HeaderFlags : uint16_t {

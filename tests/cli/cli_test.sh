@@ -33,6 +33,8 @@ expect_fail negative-batch "batch.*(range|1)" train --batch -3
 expect_fail unknown-model "accepted: cnn, mlp, synthetic:N" train --model resnet --steps 1
 expect_fail lr-abc "--lr" train --lr abc
 expect_fail bad-device "device" train --device tpu
+expect_fail bad-group-reduce "group-reduce" train --group-reduce shm --steps 1
+expect_fail group-reduce-cpu "--group-reduce nccl reduces on GPUs: use --device cuda" train --group-reduce nccl --device cpu --steps 1
 expect_fail bad-eval-every "eval-every.*accepted" train --eval-every 1x --steps 1
 expect_fail missing-data-dir "data directory $TMP/none does not exist" train --data-dir "$TMP/none" --steps 1
 mkdir -p "$TMP/broken"

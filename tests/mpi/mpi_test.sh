@@ -55,7 +55,7 @@ fi
 if job group 3 --servers 1 --sync bsp --group-size 2; then
   [ "$(field bsp1 final_test_loss)" = "$(field group final_test_loss)" ] && ok \
     || bad "group final loss $(field group final_test_loss) differs from $(field bsp1 final_test_loss)"
-  check group "s['updates_applied'] == 40 and s['group_size'] == 2"
+  check group "s['updates_applied'] == 40 and s['group_size'] == 2 and s['group_reduce'] == 'mpi'"
 fi
 
 # ASP: every push is an update; SSP: never more than s clocks ahead of the slowest.
@@ -125,6 +125,24 @@ if job flexrr 4 --servers 1 --sync flexrr --staleness 2 --straggle 3:4; then
 fi
 expect_fail epsp-group "--sync epsp shards each worker's iteration itself; use --group-size 1" 5 --servers 1 --sync epsp --group-size 2
 expect_fail syncopt-all-backup "--backup-workers 2 must be smaller than the 2 worker" 3 --servers 1 --sync syncopt --backup-workers 2
+
+# GPU worker groups (only where a GPU is usable; skipped here otherwise): with one GPU per
+# worker the group reduces over NCCL and learns like the CPU group; workers that share a GPU
+# fall back to MPI (auto) or stop with a clear error (--group-reduce nccl).
+gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+if [ "${gpus:-0}" -ge 1 ]; then
+  if job gpugroup 3 --servers 1 --sync bsp --group-size 2 --device cuda; then
+    check gpugroup "s['updates_applied'] == 40 and s['group_reduce'] == '$([ "$gpus" -ge 2 ] && echo nccl || echo mpi)'"
+    check gpugroup "abs(s['final_test_loss'] - $(field group final_test_loss)) < 1e-3"
+  fi
+  if [ "$gpus" -eq 1 ]; then
+    expect_fail gpu-shared-nccl "share GPU .*one GPU per rank" 3 --servers 1 --group-size 2 --device cuda --group-reduce nccl
+  fi
+else
+  # no GPU here: the group agrees on MPI under auto (checked above), and refuses nccl clearly
+  expect_fail group-nccl-no-gpu "--group-reduce nccl: worker 0 has no usable GPU" 3 --servers 1 --group-size 2 --device auto --group-reduce nccl
+  echo "(no GPU: the GPU worker-group runs are skipped)"
+fi
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
