@@ -287,5 +287,21 @@ else
   bad "usr1: rc $rc: $(grep -iE 'SIGUSR1|error|stop' "$TMP/usr1.log" | head -5) $(cat "$TMP/usr1.json" 2>/dev/null | head -c 300)"
 fi
 
+# 12. Failures and stragglers at once: EPSP (enforced) with a 3x straggler whose shards move to
+#     the others, and the hybrid server killed at a seeded step: the backup takes over, no
+#     acknowledged push is lost, every sample is still trained on exactly once, transfer goes on.
+k1=$((20 + RANDOM % 50))
+if job epsp-hybrid 6 --servers 1 --replicas 1 --sync epsp --recovery hybrid --straggle 3:3 \
+     --kill-server $k1 --audit-samples "$TMP/epsp-hybrid.audit"; then
+  survived epsp-hybrid 1 hybrid
+  check epsp-hybrid "s['shards_transferred'] > 0 and s['steps_completed'] == 150"
+  if /usr/bin/python3 - "$TMP/epsp-hybrid.audit" <<'PY'
+import collections, glob, sys
+c = collections.Counter(tuple(l.split()) for f in glob.glob(sys.argv[1] + ".w*") for l in open(f))
+sys.exit(0 if len(c) == 4 * 150 * 32 and max(c.values()) == 1 else 1)
+PY
+  then ok; else bad "epsp-hybrid: a sample was lost or trained on twice"; fi
+fi
+
 echo "fault tests: $pass passed, $fail failed"
 [ $fail -eq 0 ]
