@@ -277,7 +277,8 @@ void PsClient::takeReply(const Header& h, int src, int64_t clock, float* params)
   if (s == 0 && h.aux > 0) medianMicros_ = h.aux;
   if (h.flags & transport::kStop) stop_ = true;
   got[s] = 1;
-  if (s == 0 && out_.isPush) ++acked0_;
+  // (a Sync-opt push that came too late was dropped: the reply says so, it is not acknowledged)
+  if (s == 0 && out_.isPush) ++((h.flags & transport::kDropped) ? dropped0_ : acked0_);
 }
 
 void PsClient::waitPushes() {

@@ -75,6 +75,8 @@ class PsClient {
   int64_t overflow() const { return overflow_; }
   // Pushes to shard 0 acknowledged by a reply, plus buffered updates delivered in a backlog.
   int64_t acknowledged() const { return acked0_; }
+  // Pushes of shard 0 that the server dropped (Sync-opt, late for their round) and said so.
+  int64_t droppedPushes() const { return dropped0_; }
 
   // A server said the job is stopping (SIGUSR1): end after this step.
   bool stopRequested() const { return stop_; }
@@ -119,7 +121,7 @@ class PsClient {
   // stateless
   bool stateless_ = false, weighted_ = false;
   float* params_ = nullptr;
-  int64_t limit_ = 0, buffered_ = 0, overflow_ = 0, acked0_ = 0;
+  int64_t limit_ = 0, buffered_ = 0, overflow_ = 0, acked0_ = 0, dropped0_ = 0;
   std::vector<char> down_;
   std::vector<int64_t> count_, copyVersion_, pendingLabel_;
   // per shard: [last pulled copy | buffered sum | the push in flight when the shard went down

@@ -210,7 +210,7 @@ void Server::handlePush(const Header& h, int src) {
     ++stats_.dropped;
     ++clocks_[c];
     if (h.flags & transport::kPullAfter) {
-      const PendingPull p{c, src, logical + 1, h.clock + 1, stats_.version};
+      const PendingPull p{c, src, logical + 1, h.clock + 1, stats_.version, true};
       if (!tryServe(p)) deferred_.push_back(p);
     }
     return;
@@ -362,6 +362,7 @@ bool Server::tryServe(const PendingPull& p) {
   r.value = static_cast<double>(policy_.roundBased() ? round_ : stats_.version / opt_.clients);
   r.aux = medianStepMicros();
   if (stopLatched_) r.flags |= transport::kStop;
+  if (p.dropped) r.flags |= transport::kDropped;
   r.offset = opt_.range.lo;
   r.bytes = static_cast<int64_t>(w_.size() * sizeof(float));
   inflight_.push_back(t_.send(p.src, r, w_.data()));

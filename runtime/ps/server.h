@@ -153,6 +153,7 @@ class Server {
     int64_t clock;    // logical clock (this server's numbering)
     int64_t label;    // the clock as the client numbers it (echoed in the reply)
     int64_t need;     // chain sync: version the tail must have acknowledged first
+    bool dropped = false;  // Sync-opt: the push it came with was dropped (flag kDropped)
   };
   bool validate(const transport::Header& h, int src, transport::MsgType expect,
                 bool withPayload);

@@ -168,7 +168,7 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
     s.failures.push_back(o);
   }
   double snapshots = 0, ckptSeconds = 0, acked = 0, buffered = 0, overflow = 0, duplicates = 0,
-         dropped = 0, transferred = 0;
+         dropped = 0, droppedSeen = 0, transferred = 0;
   for (const RankStats& r : all) {
     transferred += r.shardsStolen;
     snapshots += r.snapshotsWritten;
@@ -176,11 +176,15 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
     acked += r.pushesAcked;
     buffered += r.buffered;
     overflow += r.overflow;
+    droppedSeen += r.pushesDropped;
     if (r.isServer && r.index == 0) {
       duplicates += r.duplicates;
       dropped += r.dropped;
     }
   }
+  // Sync-opt drops: the workers were told of each (exact across a server failure, where the dead
+  // server's own count is gone); the server's count covers a worker that died.
+  dropped = std::max(dropped, droppedSeen);
   // The counter invariant (docs/recovery.md): every push to shard 0 that a worker saw
   // acknowledged (or handed over in a backlog) is in the final state, unless a checkpoint
   // restore rolled it back. Exact while every worker lives (a dead one's pushes are in the

@@ -206,6 +206,7 @@ RankStats WorkerLoop::workerStats(int64_t samples, double trainSeconds) {
   rs.firstStraggler = static_cast<double>(projection_.firstStraggler());
   if (isLeader()) {
     rs.pushesAcked = static_cast<double>(client_.acknowledged());
+    rs.pushesDropped = static_cast<double>(client_.droppedPushes());
     rs.buffered = static_cast<double>(client_.buffered());
     rs.overflow = static_cast<double>(client_.overflow());
   }

@@ -35,6 +35,7 @@ struct RankStats {
   // workers: pushes of shard 0 acknowledged (or delivered in a backlog), updates buffered
   // while a shard was down, updates dropped because the buffer was full
   double pushesAcked = 0, buffered = 0, overflow = 0;
+  double pushesDropped = 0;  // workers: Sync-opt pushes of shard 0 the server dropped (late)
   double straggleSeconds = 0;  // injected slowdown (workers)
   // straggler projection (workers): steps classified straggler / pioneer, first straggler step
   double stragglerSteps = 0, pioneerSteps = 0, firstStraggler = -1;

@@ -57,6 +57,8 @@ enum HeaderFlags : uint16_t {
   kLast = 8,       // on a backlog: the client is done after it (no separate done message)
   kStop = 16,      // on a pull reply / group weights: the job was asked to stop (SIGUSR1): the
                    // worker ends after this step and the servers write a snapshot
+  kDropped = 32,   // on a pull reply: the push of that step came after its round closed
+                   // (Sync-opt's backup workers) and was dropped, not applied
 };
 
 // Trivially copyable, sent as 64 raw bytes; both ends are the same binary.

@@ -303,5 +303,14 @@ PY
   then ok; else bad "epsp-hybrid: a sample was lost or trained on twice"; fi
 fi
 
+# Sync-opt (a backup worker) with a sync chain and a killed head: the dropped late pushes are
+# told to their workers, so the invariant "every acknowledged push is applied" still holds.
+k1=$((20 + RANDOM % 50))
+if job syncopt-chain 6 --servers 1 --replicas 1 --sync syncopt --backup-workers 1 --recovery chain \
+     --chain-mode sync --straggle 3:3 --kill-server $k1; then
+  survived syncopt-chain 1 chain-sync
+  check syncopt-chain "s['gradients_dropped'] > 0"
+fi
+
 echo "fault tests: $pass passed, $fail failed"
 [ $fail -eq 0 ]

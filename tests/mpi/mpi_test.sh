@@ -100,6 +100,8 @@ fi
 # straggler's late ones are dropped and counted; none is lost or applied twice.
 if job syncopt 4 --servers 1 --sync syncopt --backup-workers 1 --straggle 3:4; then
   check syncopt "s['updates_applied'] == 40 and s['gradients_applied'] == 2 * 40 and s['gradients_applied'] + s['gradients_dropped'] == 3 * 40"
+  # a dropped push is reported to its worker as dropped, never counted as acknowledged
+  check syncopt "s['acknowledged_pushes_lost'] == 0 and s['pushes_acknowledged'] == s['gradients_applied']"
 fi
 # EPSP (enforced): 3 workers, rank 3 4x slower with one lane: pioneers take its unstarted
 # shards; every sample any worker trained on was trained on once, and all of them were.
