@@ -7,7 +7,7 @@ PHX := $(BUILD)/bin/phoenix
 RUN_DIR ?= phoenix-run
 
 
-.PHONY: all deps build run run-local test-fault test test-unit bench bench-torch bench-runtime bench-recovery bench-micro stragglers recovery-experiment cost-table accuracy clean
+.PHONY: all deps build run run-local test-fault test test-unit bench bench-torch bench-runtime bench-recovery bench-micro stragglers recovery-experiment recovery-1worker failures-stragglers cost-table accuracy clean
 
 all: build
 
@@ -68,10 +68,22 @@ stragglers: build
 recovery-experiment: build
 	/usr/bin/python3 apps/scripts/recovery_experiment.py --phoenix $(PHX) --out docs/results/recovery
 
+# The same with 1 worker (the paper's logged runs), one kill with 20 s downtime (15 minutes).
+recovery-1worker: build
+	/usr/bin/python3 apps/scripts/recovery_experiment.py --phoenix $(PHX) --out docs/results/recovery-1worker \
+	  --workers 1 --scenarios 1kill-20s --modes none-sync,ckpt-sync,chain-sync,stateless
+
+# Failures and stragglers at once: a 3x straggler (rank 2) and one kill without forced downtime,
+# BSP / EPSP / Sync-opt / stateless (30 minutes); docs/results/mixed.
+failures-stragglers: build
+	/usr/bin/python3 apps/scripts/recovery_experiment.py --phoenix $(PHX) --out docs/results/mixed \
+	  --scenarios 1kill-0s --extra "--straggle 2:3" \
+	  --modes none-sync,none-epsp,none-syncopt,chain-sync,epsp-chain,syncopt-chain,stateless,epsp-hybrid
+
 # Cost per strategy to a target accuracy from the two experiments' results (docs/results.md).
 cost-table:
 	/usr/bin/python3 apps/scripts/cost_table.py --stragglers docs/results/stragglers/results.json \
-	  $$(test -f docs/results/recovery/results.json && echo --recovery docs/results/recovery/results.json) \
+	  $$(for d in recovery mixed; do test -f docs/results/$$d/results.json && echo --recovery docs/results/$$d/results.json; done) \
 	  --recovery-target 0.89 --out docs/results/cost.md
 
 # Micro-benchmarks of per-step bookkeeping (Google Benchmark; docs/perf.md).

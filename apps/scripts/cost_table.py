@@ -13,10 +13,12 @@ assumptions:
   Times are scaled by --scale (default 1) for a what-if.
 
   /usr/bin/python3 apps/scripts/cost_table.py --stragglers docs/results/stragglers/results.json \\
-      --recovery docs/results/recovery/results.json --out docs/results/cost.md
+      --recovery docs/results/recovery/results.json --recovery docs/results/mixed/results.json \\
+      --out docs/results/cost.md
 """
 import argparse
 import json
+import os
 import statistics
 
 
@@ -28,7 +30,9 @@ def money(workers, others, seconds, a):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stragglers")
-    ap.add_argument("--recovery")
+    ap.add_argument("--recovery", action="append", default=[],
+                    help="a recovery_experiment.py results.json (repeatable: each file's runs are "
+                         "named after its folder)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--gpu-price", type=float, default=2.50)
@@ -55,9 +59,11 @@ def main():
                 lines.append(f"| {setting} | {policy} | {t:.1f} | {gpu_h * 3600:.1f} | {usd * 1000:.2f} |")
         lines.append("")
     if a.recovery:
-        res = json.load(open(a.recovery))
         lines += [f"| recovery run | extra ranks | time to {a.recovery_target:.0%} (s) | GPU-seconds | "
                   f"USD per 1000 runs |", "|---|---|---|---|---|"]
+    for path in a.recovery:
+        res = json.load(open(path))
+        prefix = os.path.basename(os.path.dirname(os.path.abspath(path))) + "/" if len(a.recovery) > 1 else ""
         for r in res:
             if r.get("status") != "ok":
                 continue
@@ -65,10 +71,10 @@ def main():
             kills = len(r["summary"].get("failures") or [])
             extra = 0 if r["mode"].startswith("none") else max(1, kills)
             if t is None:
-                lines.append(f"| {r['name']} | {extra} | not reached | - | - |")
+                lines.append(f"| {prefix}{r['name']} | {extra} | not reached | - | - |")
                 continue
             gpu_h, usd = money(a.workers, 1 + extra, t, a)
-            lines.append(f"| {r['name']} | {extra} | {t:.1f} | {gpu_h * 3600:.1f} | {usd * 1000:.2f} |")
+            lines.append(f"| {prefix}{r['name']} | {extra} | {t:.1f} | {gpu_h * 3600:.1f} | {usd * 1000:.2f} |")
     open(a.out, "w").write("\n".join(lines) + "\n")
     print("\n".join(lines))
 

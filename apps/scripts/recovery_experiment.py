@@ -45,6 +45,14 @@ MODES = {
     "stateless": (["--sync", "asp", "--recovery", "stateless", "--checkpoint-every", "100"], "stateless"),
     "hybrid-sync": (["--sync", "bsp", "--recovery", "hybrid"], None),
     "hybrid-async": (["--sync", "asp", "--recovery", "hybrid"], None),
+    # for failures and stragglers at once (--extra "--straggle 2:3"): the straggler-aware schemes
+    "none-epsp": (["--sync", "epsp", "--recovery", "none"], None),
+    "none-syncopt": (["--sync", "syncopt", "--backup-workers", "1", "--recovery", "none"], None),
+    "epsp-chain": (["--sync", "epsp", "--recovery", "chain", "--chain-mode", "async",
+                    "--replicate-every", "100"], None),
+    "syncopt-chain": (["--sync", "syncopt", "--backup-workers", "1", "--recovery", "chain",
+                       "--chain-mode", "async", "--replicate-every", "100"], None),
+    "epsp-hybrid": (["--sync", "epsp", "--recovery", "hybrid"], None),
 }
 # scenario -> (kill times, downtime seconds)
 SCENARIOS = {
@@ -154,8 +162,22 @@ def run(a, mode, scenario):
              for r in rows if r["test_accuracy"]]
     summary = json.load(open(base + ".json"))
     return {"name": name, "mode": mode, "scenario": scenario if failing else "none", "status": "ok",
-            "curve": curve, "summary": {k: summary.get(k) for k in
+            "curve": curve, "usage": usage(samples), "summary": {k: summary.get(k) for k in
                                         ("final_test_accuracy", "updates_applied", "failures", "steps_completed")}}
+
+
+def usage(samples):
+    """[t, CPU cores, resident MiB] summed over the ranks, from /proc samples (CPU as the
+    difference of cumulative CPU seconds between two samples)."""
+    out, prev = [], None
+    for row in samples:
+        ranks = {k: v for k, v in row.items() if k != "t"}
+        cpu = sum(v[0] for v in ranks.values())
+        mem = sum(v[1] for v in ranks.values())
+        if prev is not None and row["t"] > prev[0]:
+            out.append([row["t"], round(max(0.0, (cpu - prev[1]) / (row["t"] - prev[0])), 3), round(mem, 1)])
+        prev = (row["t"], cpu)
+    return out
 
 
 def at(curve, t):
@@ -179,8 +201,25 @@ def main():
     ap.add_argument("--eval-every", default="5s")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--extra", default="", help="further phoenix train flags for every run (e.g. --straggle 5:3)")
+    ap.add_argument("--target", type=float, default=0.89, help="the table's time-to-accuracy target")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the runs of --out/results.json that this call does not repeat")
+    ap.add_argument("--report-only", action="store_true",
+                    help="no runs: table and figures from --out/results.json")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
+    path = os.path.join(a.out, "results.json")
+    if a.report_only:
+        if not os.path.exists(path):
+            sys.exit(f"{path} does not exist: run the experiment first (without --report-only)")
+        results = json.load(open(path))
+        for r in results:  # runs recorded before usage was kept in results.json
+            f = os.path.join(a.out, "samples", r["name"] + ".json")
+            if r["status"] == "ok" and "usage" not in r and os.path.exists(f):
+                r["usage"] = usage(json.load(open(f))["samples"])
+        json.dump(results, open(path, "w"), indent=1)
+        report(a, results)
+        return
     results = []
     modes = a.modes.split(",")
     for m in modes:
@@ -201,42 +240,70 @@ def main():
             acc = at(r["curve"], a.at) if r["status"] == "ok" else None
             print(f"{r['name']:24s} {r['status']}" + (f", accuracy at {a.at:g} s: {acc}" if acc is not None else ""),
                   flush=True)
-    json.dump(results, open(os.path.join(a.out, "results.json"), "w"), indent=1)
+    if a.merge and os.path.exists(path):
+        fresh = {r["name"] for r in results}
+        results = [r for r in json.load(open(path)) if r["name"] not in fresh] + results
+    order = {sc: i for i, sc in enumerate(["none"] + list(SCENARIOS))}
+    results.sort(key=lambda r: (order.get(r.get("scenario", "none"), 99), list(MODES).index(r["mode"])
+                                if r.get("mode") in MODES else 99))
+    json.dump(results, open(path, "w"), indent=1)
     report(a, results)
+
+
+def reach(curve, target):
+    """Seconds to the first evaluation at or above target, or None."""
+    for ts, acc, _ in curve:
+        if acc >= target:
+            return ts
+    return None
 
 
 def report(a, results):
     ok = [r for r in results if r["status"] == "ok"]
-    lines = [f"| run | kills | downtime | accuracy at {a.at:g} s | paper | updates applied | recovery ms |",
-             "|---|---|---|---|---|---|---|"]
+    rows = []
     for r in ok:
         kills = len(SCENARIOS[r["scenario"]][0]) if r["scenario"] != "none" else 0
         down = f"{SCENARIOS[r['scenario']][1]} s" if kills else "-"
-        paper = PAPER.get(kills, {}).get(MODES[r["mode"]][1]) if kills else None
+        # (the paper's runs all had its 20 s downtime)
+        paper = PAPER.get(kills, {}).get(MODES[r["mode"]][1]) if kills and SCENARIOS[r["scenario"]][1] == 20 else None
         rec = ", ".join(str(f.get("recovered_ms")) for f in (r["summary"]["failures"] or [])) or "-"
         acc = at(r["curve"], a.at)
-        lines.append(f"| {r['mode']} | {kills} | {down} | {acc if acc is not None else '-'} | "
-                     f"{paper if paper is not None else '-'} | {r['summary']['updates_applied']} | {rec} |")
+        t = reach(r["curve"], a.target)
+        rows.append([r["mode"], str(kills), down, str(acc) if acc is not None else "-",
+                     str(paper) if paper is not None else "-", f"{t:.1f}" if t is not None else "not reached",
+                     str(r["summary"]["updates_applied"]), rec])
     for r in results:
         if r["status"] != "ok":
-            lines.append(f"| {r['name']} | | | {r['status']} | | | |")
+            rows.append([r["name"], "", "", r["status"], "", "", "", ""])
+    head = ["run", "kills", "downtime", f"accuracy at {a.at:g} s", "paper", f"s to {a.target * 100:g} %",
+            "updates applied", "recovery ms"]
+    if all(row[4] in ("-", "") for row in rows):  # no run the paper made: no paper column
+        head.pop(4)
+        rows = [row[:4] + row[5:] for row in rows]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     open(os.path.join(a.out, "table.md"), "w").write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    note = f" ({a.extra})" if a.extra else ""
     for sc_name, title, fname in (("1kill", "one kill at 30 s", "accuracy-1kill.png"),
                                   ("2kills", "kills at 30 s and 80 s", "accuracy-2kills.png")):
-        fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), squeeze=False)
-        for ax, down in zip(axes[0], ("20s", "0s")):
+        downs = [d for d in ("20s", "0s") if any(r["scenario"] == f"{sc_name}-{d}" for r in ok)]
+        if not downs:
+            continue
+        fig, axes = plt.subplots(1, len(downs), figsize=(6.5 * len(downs), 4.5), squeeze=False)
+        for ax, down in zip(axes[0], downs):
             for r in ok:
                 if r["scenario"] == f"{sc_name}-{down}" or r["scenario"] == "none":
                     ax.plot([c[0] for c in r["curve"]], [c[1] for c in r["curve"]], label=r["mode"],
                             linestyle=":" if r["scenario"] == "none" else "-")
             for k in SCENARIOS[f"{sc_name}-20s"][0]:
                 ax.axvline(float(k[:-1]), color="red", linewidth=0.8, alpha=0.5)
-            ax.set_title(f"{title}, {'20 s downtime (paper)' if down == '20s' else 'no forced downtime'}")
+            ax.set_title(f"{title}, {'20 s downtime (paper)' if down == '20s' else 'no forced downtime'}{note}",
+                         fontsize=9)
             ax.set_xlabel("wall time (s)")
             ax.set_ylabel("test accuracy")
             ax.set_ylim(0.5, 0.95)
@@ -245,36 +312,28 @@ def report(a, results):
         fig.savefig(os.path.join(a.out, fname), dpi=100)
         plt.close(fig)
     # Figs. 6-8: CPU use (cores), memory (MiB) summed over the ranks, processed updates, for the
-    # one-kill paper scenario.
+    # one-kill paper scenario (else the first failure scenario that was run).
+    present = [sc for sc in SCENARIOS if any(r["scenario"] == sc for r in ok)]
+    fig_sc = "1kill-20s" if "1kill-20s" in present else (present[0] if present else "none")
     for what, fname, ylabel in (("cpu", "cpu.png", "CPU use of all ranks (cores)"),
                                 ("mem", "memory.png", "resident memory of all ranks (MiB)"),
                                 ("upd", "updates.png", "updates applied (shard 0)")):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for r in ok:
-            if r["scenario"] not in ("1kill-20s", "none"):
+            if r["scenario"] not in (fig_sc, "none"):
                 continue
             if what == "upd":
                 ax.plot([c[0] for c in r["curve"]], [c[2] for c in r["curve"]], label=r["mode"])
                 continue
-            s = json.load(open(os.path.join(a.out, "samples", r["name"] + ".json")))["samples"]
-            ts, ys, prev = [], [], None
-            for row in s:
-                ranks = {k: v for k, v in row.items() if k != "t"}
-                cpu = sum(v[0] for v in ranks.values())
-                mem = sum(v[1] for v in ranks.values())
-                if what == "cpu":
-                    if prev is not None and row["t"] > prev[0]:
-                        ts.append(row["t"])
-                        ys.append(max(0.0, (cpu - prev[1]) / (row["t"] - prev[0])))
-                    prev = (row["t"], cpu)
-                else:
-                    ts.append(row["t"])
-                    ys.append(mem)
+            ts = [u[0] for u in r.get("usage", [])]
+            ys = [u[1] if what == "cpu" else u[2] for u in r.get("usage", [])]
             ax.plot(ts, ys, label=r["mode"])
-        ax.axvline(30, color="red", linewidth=0.8, alpha=0.5)
+        for k in SCENARIOS.get(fig_sc, ([], 0))[0]:
+            ax.axvline(float(k[:-1]), color="red", linewidth=0.8, alpha=0.5)
         ax.set_xlabel("wall time (s)")
         ax.set_ylabel(ylabel)
-        ax.set_title("one kill at 30 s, 20 s downtime")
+        kills, down = SCENARIOS.get(fig_sc, ([], 0))
+        ax.set_title(f"{len(kills)} kill(s) at {', '.join(kills)}, {down} s downtime{note}", fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(os.path.join(a.out, fname), dpi=100)
