@@ -1,5 +1,6 @@
 // Internal to runtime/train: the worker role of a parameter-server job (dist_trainer.cc: the
-// training loop and the exchange with the servers; chief_summary.cc: the chief's end of run,
+// training loop; worker_exchange.cc: the exchange with the group and the servers;
+// chief_summary.cc: the chief's end of run,
 // final weights, counters and the summary). Not a public interface: dist_trainer.h is.
 #pragma once
 
