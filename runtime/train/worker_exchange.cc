@@ -143,42 +143,32 @@ void WorkerLoop::initialWeights() {
 void WorkerLoop::exchange(int64_t clock, double loss) {
   const size_t bytes = n_ * sizeof(float);
   const int members = layout_.groupEnd(group_) - leader_;
-  if (nccl_) {
-    // The group's gradients are summed on the GPUs into the leader's; the members' losses ride
-    // header-only group-gradient messages.
-    be_->synchronize();
-    if (!isLeader()) {
-      Header g;
-      g.type = MsgType::kGroupGrad;
-      g.client = w_;
-      g.clock = clock;
-      g.value = loss;
-      t_.waitSend(t_.send(layout_.workerRank(leader_), g, nullptr), cfg_.peerTimeoutS);
-    } else {
-      for (int i = 1; i < members; ++i) {
-        Header h;
-        int src = -1;
-        waitFor(MsgType::kGroupGrad, &h, &src, detail::concat("group losses of clock ", clock));
-        PHX_ENFORCE(h.clock == clock && h.bytes == 0, "group loss for clock ", h.clock, " of ", h.bytes,
-                    " bytes, expected clock ", clock, " (NCCL group)");
-        loss += h.value;
-      }
-    }
-    nccl_->reduceSum(model_.grads(), n_);
-  }
+  // Every member sends the leader a group-gradient: with the gradient (MPI: point-to-point, so a
+  // dead member cannot hang a collective) or header only (NCCL: the loss, and proof of life for
+  // the leader's view-following wait; the gradients are summed on the GPUs afterwards).
+  const size_t payload = nccl_ ? 0 : bytes;
+  if (nccl_) be_->synchronize();
   // (EPSP's lanes already summed their gradients into the host buffer)
-  if (!epsp_ && !hostGrads_.empty() && (isLeader() || !nccl_))
-    be_->copyToHost(hostGrads_.data(), model_.grads(), bytes);
-  if (isLeader()) {
-    // MPI: reduce the group's gradients into ours (point-to-point: a dead member cannot hang a
-    // collective), then one push/pull for the whole group.
-    for (int i = 1; i < members && !nccl_; ++i) {
+  else if (!epsp_ && !hostGrads_.empty()) be_->copyToHost(hostGrads_.data(), model_.grads(), bytes);
+  transport::SendId sent{};
+  if (!isLeader()) {
+    Header g;
+    g.type = MsgType::kGroupGrad;
+    g.client = w_;
+    g.clock = clock;
+    g.bytes = static_cast<int64_t>(payload);
+    g.value = loss;
+    sent = t_.send(layout_.workerRank(leader_), g, payload ? gradBuf() : nullptr);
+  } else {
+    for (int i = 1; i < members; ++i) {
       Header h;
       int src = -1;
       waitFor(MsgType::kGroupGrad, &h, &src, detail::concat("group gradients of clock ", clock));
-      PHX_ENFORCE(h.clock == clock && h.bytes == static_cast<int64_t>(bytes),
+      PHX_ENFORCE(h.clock == clock && h.bytes == static_cast<int64_t>(payload),
                   "group gradient for clock ", h.clock, " of ", h.bytes, " bytes, expected clock ",
-                  clock);
+                  clock, " of ", payload);
+      loss += h.value;
+      if (!payload) continue;
       t_.recvPayload(src, MsgType::kGroupGrad, recv_.data(), bytes, cfg_.peerTimeoutS);
       // gradBuf() is host memory on every backend (GPU workers stage through it), so the sum
       // is a host loop, not a backend kernel.
@@ -186,8 +176,13 @@ void WorkerLoop::exchange(int64_t clock, double loss) {
       const float* r = recv_.data();
 #pragma omp simd
       for (size_t k = 0; k < n_; ++k) g[k] += r[k];
-      loss += h.value;
     }
+  }
+  if (nccl_) {
+    nccl_->reduceSum(model_.grads(), n_);
+    if (isLeader() && !hostGrads_.empty()) be_->copyToHost(hostGrads_.data(), model_.grads(), bytes);
+  }
+  if (isLeader()) {
     if (members > 1 && cfg_.aggregate == "mean") {
       float* g = gradBuf();
       const float inv = 1.0f / static_cast<float>(members);
@@ -208,18 +203,9 @@ void WorkerLoop::exchange(int64_t clock, double loss) {
     shareWeights(clock + 1);  // (and uploads them to this worker's device)
     if (epsp_) epsp_->publish(paramBuf());
   } else {
-    const auto id = nccl_ ? transport::SendId{} : [&] {
-      Header g;
-      g.type = MsgType::kGroupGrad;
-      g.client = w_;
-      g.clock = clock;
-      g.bytes = static_cast<int64_t>(bytes);
-      g.value = loss;
-      return t_.send(layout_.workerRank(leader_), g, gradBuf());
-    }();
     const Header h = receiveWeights(detail::concat("the group's weights of clock ", clock + 1));
     stopRequested_ = (h.flags & transport::kStop) != 0;
-    if (!nccl_) t_.waitSend(id, cfg_.peerTimeoutS);
+    t_.waitSend(sent, cfg_.peerTimeoutS);
   }
 }
 
