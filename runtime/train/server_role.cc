@@ -164,8 +164,10 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
       actOnView(pending);
     }
     if (!srv->isHead()) return;
-    if (shard == 0 && killIndex < kills.size() &&
-        due(kills[killIndex], srv->stats().version / perStep, ft.startUnix))
+    // (worker steps from the pushes in the state: a stateless rejoin applies many buffered
+    // pushes as one version, so versions would fall behind and a later kill never come)
+    const int64_t steps = policy->roundBased() ? srv->stats().version : srv->stats().gradients / perStep;
+    if (shard == 0 && killIndex < kills.size() && due(kills[killIndex], steps, ft.startUnix))
       killSelf(ft, detail::concat("--kill-server ", cfg.killServer, " (shard 0 at update ",
                                   srv->stats().version, ")"));
     if (ckpt && every.isTime() && recovery::unixNow() - lastCkptUnix >= every.seconds) snapshot();
