@@ -26,6 +26,7 @@ FailureDetector::FailureDetector(transport::Transport& t, const ps::RoleLayout& 
   killUnix_.assign(n, 0);
   left_ranks_.assign(n, 0);
   suspect_.assign(n, 0);
+  mpiFailed_.assign(n, 0);
 }
 
 FailureDetector::~FailureDetector() {
@@ -178,10 +179,11 @@ void FailureDetector::tick() {
   Header h;
   int src = -1;
   View cur = view();
-  // The second source: ranks the MPI library reports failed (ULFM) count as silent for the
-  // whole timeout already, so the coordinator (or the successor of a dead one) acts now.
+  // The first source, where the MPI reports failures (ULFM): a rank the library names failed
+  // counts as silent for the whole timeout already (even if a heartbeat it sent before dying
+  // is still queued), so the coordinator, or the successor of a dead one, acts now.
   for (int r : t_.reportedFailures())
-    if (r >= 0 && r < static_cast<int>(lastHeard_.size()) && r != me_) lastHeard_[r] = now - 2 * opt_.timeoutS;
+    if (r >= 0 && r < static_cast<int>(mpiFailed_.size()) && r != me_) mpiFailed_[r] = 1;
   while (t_.poll(MsgType::kHeartbeat, &h, &src)) {
     if (!cur.isAlive(src)) {
       if (h.epoch < cur.epoch) sendView(src, cur);  // fence a resumed, excluded rank
@@ -190,6 +192,8 @@ void FailureDetector::tick() {
     lastHeard_[src] = now;
     lastHeardUnix_[src] = unixNow();
   }
+  for (int r = 0; r < static_cast<int>(mpiFailed_.size()); ++r)
+    if (mpiFailed_[r] && cur.isAlive(r)) lastHeard_[r] = std::min(lastHeard_[r], now - 2 * opt_.timeoutS);
   while (t_.poll(MsgType::kView, &h, &src)) {
     std::vector<unsigned char> buf(static_cast<size_t>(h.bytes));
     t_.recvPayload(src, MsgType::kView, buf.data(), buf.size(), 1.0);
@@ -238,7 +242,10 @@ void FailureDetector::tick() {
       if (suspect_[r] || now - lastHeard_[r] > opt_.timeoutS) dead.push_back(r);
     }
     if (!dead.empty()) {
-      install(nextView(cur, layout_, dead, me_, unixNow(), lastHeardUnix_, killUnix_), true);
+      View next = nextView(cur, layout_, dead, me_, unixNow(), lastHeardUnix_, killUnix_);
+      for (size_t i = cur.failures.size(); i < next.failures.size(); ++i)
+        if (mpiFailed_[next.failures[i].rank]) next.failures[i].detectedBy = kDetectedByMpi;
+      install(next, true);
       return;
     }
     if (beat)

@@ -1,7 +1,10 @@
 // Failure detection and agreement on the membership view.
 //
-// Neither MPI on this machine reports a dead rank (shared/infra-notes.md), so detection is the
-// application's: heartbeats with a timeout, on a thread of their own and on a communicator of
+// Two sources. Where the MPI reports process failures (Open MPI 5 with ULFM), the failed group
+// of the detector's communicator (Transport::reportedFailures, polled every tick) names a dead
+// rank within ~10 ms, and the coordinator declares it at once (FailureRecord::detectedBy = MPI).
+// Open MPI 4.1 reports nothing (shared/infra-notes.md), and no MPI sees a frozen process, so
+// the other source is always on: heartbeats with a timeout, on a thread of their own and on a communicator of
 // their own (so a rank busy computing, or blocked in a long wait, still answers; a frozen
 // process -- SIGSTOP -- stops its heartbeats like a dead one).
 //
@@ -100,6 +103,7 @@ class FailureDetector {
   std::vector<double> lastHeardUnix_;  // wall seconds
   std::vector<double> killUnix_;
   std::vector<char> left_ranks_, suspect_;
+  std::vector<char> mpiFailed_;  // ranks the MPI library reported failed (ULFM)
   double lastBeat_ = -1e9, lastTick_ = 0;
   int candidate_ = -1;
   bool acting_ = false;

@@ -12,6 +12,11 @@
 
 namespace phx::recovery {
 
+// Which source declared a failure: the heartbeat timeout, or the MPI library's own report
+// (ULFM's failed group / MPIX_ERR_PROC_FAILED).
+inline constexpr int kDetectedByHeartbeat = 0;
+inline constexpr int kDetectedByMpi = 1;
+
 // One failure, as recorded in the view that excluded the rank.
 struct FailureRecord {
   int rank = -1;
@@ -21,6 +26,7 @@ struct FailureRecord {
   int replacedBy = -1;     // rank that took the role over (-1: none)
   int backupOf = -1;       // shard whose replica chain it was a backup in (-1: none)
   int promoted = 0;        // 1: replacedBy was a replica promoted to head (chain replication)
+  int detectedBy = 0;      // kDetectedByHeartbeat or kDetectedByMpi
   double killUnix = 0;     // wall time of the kill when the rank announced it (injected), else 0
   double lastHeardUnix = 0;  // last heartbeat the coordinator had from it
   double detectedUnix = 0;   // when the coordinator declared it dead

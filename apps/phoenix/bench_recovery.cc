@@ -64,7 +64,7 @@ struct Freezer {
   double afterS;
   pid_t pid = -1;
   int state = 0;  // 0 waiting for the pid, 1 waiting to stop, 2 stopped, 3 resumed
-  std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now(), stoppedAt;
+  std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now(), stoppedAt{};
   void operator()() {
     const auto now = std::chrono::steady_clock::now();
     if (state == 0) {
@@ -149,7 +149,9 @@ int runRecoveryBench(const RecoveryBenchOptions& opt) {
           opt.freeze ? 4 * opt.steps : opt.steps, " --threads 1 --eval-every 0 --sync ", opt.sync,
           " --servers 1 --spares 1 ", modeFlags(mode), inject, " --checkpoint-dir ", base,
           ".ckpt --summary ", base, ".json > ", base, ".log 2>&1");
-      Freezer freezer{base + ".log", 1.0 + static_cast<double>(at % 10) / 10.0};
+      Freezer freezer;
+      freezer.log = base + ".log";
+      freezer.afterS = 1.0 + static_cast<double>(at % 10) / 10.0;
       const int rc = opt.freeze ? runBounded(cmd, opt.timeoutS, std::ref(freezer)) : runBounded(cmd, opt.timeoutS);
       if (opt.freeze && freezer.state == 2) kill(freezer.pid, SIGCONT);  // never leave it stopped
       const std::string s = slurp(base + ".json");

@@ -5,6 +5,7 @@
 // update applied by the new server). Medians and ranges per mode.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 

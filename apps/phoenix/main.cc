@@ -18,6 +18,7 @@
 #include "runtime/core/log.h"
 #include "runtime/train/dist_trainer.h"
 #include "runtime/train/local_trainer.h"
+#include "runtime/transport/mpi/launch.h"
 #include "runtime/transport/mpi/mpi_transport.h"
 
 namespace {
@@ -29,29 +30,21 @@ bool launchedByMpi() {
   return false;
 }
 
-// Whether the launcher keeps the other ranks alive when one dies (Open MPI 4.x: only with
-// `mpirun --enable-recovery`; PHX_LAUNCH_SURVIVES=1 asserts it for other launchers).
-bool launchSurvives() {
-  for (const char* v : {"OMPI_MCA_orte_enable_recovery", "PHX_LAUNCH_SURVIVES"})
-    if (const char* s = std::getenv(v))
-      if (std::string(s) == "1" || std::string(s) == "true") return true;
-  return false;
-}
-
 // `phoenix train`: one process, or this rank's role in an MPI job. Returns the exit code.
 int runTrain(phx::Config& cfg) {
   if (!launchedByMpi()) {
     phx::train::runLocal(cfg);
     return 0;
   }
-  cfg.launchSurvives = launchSurvives();
+  cfg.launchSurvives = phx::transport::launchSurvives();
+  cfg.survivorFlag = phx::transport::recoveryLaunchFlag();
   if (!cfg.resumeDir.empty() && cfg.checkpointDir == phx::Config{}.checkpointDir)
     cfg.checkpointDir = cfg.resumeDir;  // a resumed run goes on writing where it left off
   cfg.validate();
   if (cfg.recovery != "none" && cfg.recovery != "auto" && !cfg.launchSurvives)
     PHX_USER_ERROR("--recovery ", cfg.recovery, " needs the other ranks to survive a death, but this "
-                   "launch kills the whole job when one rank dies; launch with `mpirun "
-                   "--enable-recovery ...` (Open MPI 4.x), or pass --recovery none");
+                   "launch kills the whole job when one rank dies; launch with `mpirun ",
+                   cfg.survivorFlag, " ...` (", phx::transport::mpiName(), "), or pass --recovery none");
   return phx::apps::runUnderMpi([&cfg](int, int size) {
     if (size == 1) {
       phx::train::runLocal(cfg);
@@ -155,7 +148,8 @@ void addTrainFlags(CLI::App& app, phx::Config& c) {
                  "Seconds a rank waits on one peer before declaring it unresponsive")
       ->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--recovery", c.recovery,
-                 "What a server death does: auto (when launched with mpirun --enable-recovery: "
+                 "What a server death does: auto (when launched with mpirun --enable-recovery (Open MPI 4) "
+                 "or --with-ft ulfm (Open MPI 5): "
                  "chain with --replicas, else checkpoint; otherwise none), none (the job ends), "
                  "checkpoint, chain, stateless, hybrid (chain + stateless workers)")
       ->check(CLI::IsMember({"auto", "none", "checkpoint", "chain", "stateless", "hybrid"}))

@@ -51,6 +51,18 @@ DnnlConv::Prims& DnnlConv::prims(const ConvShape& s) {
     const memory::desc biasMd({O}, Dt::f32, Tag::x);
     auto p = std::make_unique<Prims>();
     p->userW = memory::desc({O, C, K, K}, Dt::f32, Tag::ohwi);
+#if DNNL_VERSION_MAJOR >= 3
+    // oneDNN 3 builds primitive descriptors from the engine and memory descriptors directly.
+    p->fwdPd = dnnl::convolution_forward::primitive_desc(
+        e, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, srcMd, anyW,
+        biasMd, dstMd, strides, pad, pad);
+    p->bwdDataPd = dnnl::convolution_backward_data::primitive_desc(
+        e, dnnl::algorithm::convolution_direct, srcMd, anyW, dstMd, strides, pad, pad, p->fwdPd);
+    p->bwdWPd = dnnl::convolution_backward_weights::primitive_desc(
+        e, dnnl::algorithm::convolution_direct, srcMd, anyW, biasMd, dstMd, strides, pad, pad,
+        p->fwdPd);
+#else
+    // oneDNN 2: an operation descriptor first, then its primitive descriptor.
     p->fwdPd = dnnl::convolution_forward::primitive_desc(
         dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training,
                                         dnnl::algorithm::convolution_direct, srcMd, anyW, biasMd,
@@ -64,6 +76,7 @@ DnnlConv::Prims& DnnlConv::prims(const ConvShape& s) {
         dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, srcMd,
                                                  anyW, biasMd, dstMd, strides, pad, pad),
         e, p->fwdPd);
+#endif
     p->fwd = dnnl::convolution_forward(p->fwdPd);
     p->bwdData = dnnl::convolution_backward_data(p->bwdDataPd);
     p->bwdW = dnnl::convolution_backward_weights(p->bwdWPd);

@@ -64,6 +64,7 @@ std::string Summary::toJson() const {
        << ", \"shard\": " << f.shard << ", \"epoch\": " << f.epoch
        << ", \"replaced_by\": " << f.replacedBy
        << ", \"kill_time_known\": " << (f.killTimeKnown ? "true" : "false")
+       << ", \"detected_by\": " << jsonString(f.detectedBy)
        << ", \"detected_ms\": " << f.detectedMs << ", \"recovered_ms\": " << f.recoveredMs
        << ", \"rolled_back_steps\": " << f.rolledBackSteps
        << ", \"updates_lost\": " << f.updatesLost

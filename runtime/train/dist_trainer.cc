@@ -379,6 +379,7 @@ TrainResult runDistributed(const Config& cfg, transport::Transport& t,
   ft.main = &t;
   ft.layout = &layout;
   ft.mode = cfg.effectiveRecovery();
+  ft.survivorFlag = cfg.survivorFlag;
   ft.startUnix = recovery::unixNow();
   ft.chief = layout.chiefRank();
   if (ft.mode == "checkpoint" && layout.spares() == 0 && t.rank() == layout.chiefRank())

@@ -53,6 +53,7 @@ struct FtContext {
   transport::Transport* main = nullptr;
   const ps::RoleLayout* layout = nullptr;
   std::string mode = "none";
+  std::string survivorFlag = "--enable-recovery";  // Config::survivorFlag
   int acked = 0;
   double startUnix = 0;
   int chief = -1;  // the chief worker's rank in the newest accepted view
@@ -78,7 +79,7 @@ struct FtContext {
           {f.rank}, v.epoch,
           detail::concat("rank ", f.rank, " (", ps::roleName(static_cast<ps::Role>(f.role)),
                          ") failed (no heartbeat for the failure timeout); --recovery none ends "
-                         "the job. To survive it: mpirun --enable-recovery ... --recovery checkpoint "
+                         "the job. To survive it: mpirun ", survivorFlag, " ... --recovery checkpoint "
                          "--spares 1"));
     }
     return v;

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Failure recovery under real SIGKILLs and SIGSTOPs (ctest label `fault`): real mpirun jobs
-# launched with --enable-recovery, ranks killed by their own injection flag at seeded random
+# launched with the MPI's survivor flag (--enable-recovery / --with-ft ulfm), ranks killed by their own injection flag at seeded random
 # steps, or from outside by PID (as an operator's kill -9 or a freeze would). Each job runs
 # under `timeout`, so nothing outlives the test; every check reads the summary JSON.
 # Usage: fault_test.sh PATH/TO/phoenix
 set -u
 PHX=${1:?usage: fault_test.sh PATH/TO/phoenix}
 . "$(dirname "$0")/../lib/mpi_job_lib.sh"
-MPIRUN=(mpirun --oversubscribe --bind-to none --enable-recovery)
+MPIRUN=(mpirun --oversubscribe --bind-to none "${FT_FLAG[@]}" "${MPI_EXTRA[@]}")
 EVERY=10
 COMMON=(--model mlp --batch 32 --eval-every 50 --threads 1 --checkpoint-every $EVERY)
 EXTRA_MPI=()
@@ -218,7 +218,7 @@ if [ $rc -ne 124 ] && [ ! -e "$TMP/none.json" ] && [ $((SECONDS - t0)) -lt 30 ] 
 
 # 7. Asking for recovery without a launch that lets survivors live is refused up front.
 out=$(timeout 60 mpirun --oversubscribe -n 3 "$PHX" train --model mlp --steps 5 --recovery checkpoint 2>&1); rc=$?
-if [ $rc -ne 0 ] && echo "$out" | grep -q -- "--enable-recovery"; then ok; else
+if [ $rc -ne 0 ] && echo "$out" | grep -q -- "mpirun ${FT_FLAG[*]} "; then ok; else
   bad "launch check: rc $rc: $(echo "$out" | tail -3)"; fi
 
 # 8. --resume: a new job starts from the newest valid snapshot of the last one.

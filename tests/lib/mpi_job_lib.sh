@@ -9,3 +9,11 @@ bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
 
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMP_WAIT_POLICY=PASSIVE
+
+# The mpirun flag that keeps survivors alive, for the MPI in use (Open MPI 4: --enable-recovery,
+# Open MPI 5: --with-ft ulfm), as an array: "${FT_FLAG[@]}".
+read -r -a FT_FLAG <<< "$("$(dirname "${BASH_SOURCE[0]}")/../../apps/scripts/mpirun_ft_flag.sh")"
+# Open MPI 5: a job's ranks and spawned replacements must also reach each other over TCP
+# (a spawned job is not reachable over shared memory alone; shared/infra-notes.md).
+MPI_EXTRA=()
+if [ "${FT_FLAG[0]}" = "--with-ft" ]; then MPI_EXTRA=(--mca btl self,sm,tcp --mca btl_tcp_if_include lo); fi

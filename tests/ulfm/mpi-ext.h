@@ -15,6 +15,7 @@ int MPIX_Comm_shrink(MPI_Comm comm, MPI_Comm* newcomm);
 int MPIX_Comm_agree(MPI_Comm comm, int* flag);
 int MPIX_Comm_failure_ack(MPI_Comm comm);
 int MPIX_Comm_failure_get_acked(MPI_Comm comm, MPI_Group* failedgrp);
+int MPIX_Comm_get_failed(MPI_Comm comm, MPI_Group* failedgroup);
 #ifdef __cplusplus
 }
 #endif

@@ -184,6 +184,7 @@ TEST(Detector, HeartbeatsCatchASilentRankAndEveryoneInstallsTheSameView) {
   EXPECT_EQ(v.shardRank[0], 1);  // the spare takes the shard
   ASSERT_EQ(v.failures.size(), 1u);
   EXPECT_EQ(v.failures[0].rank, 0);
+  EXPECT_EQ(v.failures[0].detectedBy, recovery::kDetectedByHeartbeat);
   for (int r = 2; r < 4; ++r) {
     EXPECT_EQ(det[r]->view().epoch, v.epoch);
     EXPECT_EQ(det[r]->view().shardRank, v.shardRank);
@@ -208,7 +209,41 @@ TEST(Detector, AFailureTheLibraryReportsIsDeclaredWithoutWaitingForTheTimeout) {
   const double took = waitUntil(2.0, [&] { return !det[1]->view().isAlive(3); });
   ASSERT_GT(took, 0.0) << "the reported failure was not declared within 2 s";
   EXPECT_LT(took, 1.0);
+  const recovery::View v = det[1]->view();
+  ASSERT_EQ(v.failures.size(), 1u);
+  EXPECT_EQ(v.failures[0].detectedBy, recovery::kDetectedByMpi);
   for (int r = 0; r < 3; ++r) det[r]->leave();
+}
+
+TEST(Detector, AReportedDeadCoordinatorIsReplacedWithoutWaitingForTheTimeout) {
+  ps::RoleLayout layout(4, 1, 0, 1, 1);  // server 0 (the coordinator), spare 1, workers 2-3
+  InprocFabric fabric(4);
+  std::vector<std::unique_ptr<InprocTransport>> ts;
+  for (int r = 0; r < 4; ++r) ts.push_back(std::make_unique<InprocTransport>(fabric, r));
+  std::vector<std::unique_ptr<ReportingTransport>> rep;
+  std::vector<std::unique_ptr<recovery::FailureDetector>> det;
+  const recovery::DetectorOptions opt{0.01, 5.0};
+  for (int r = 0; r < 4; ++r) {
+    rep.push_back(std::make_unique<ReportingTransport>(*ts[r]));
+    det.push_back(std::make_unique<recovery::FailureDetector>(*rep[r], layout, opt));
+  }
+  for (auto& d : det) d->start();
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  det[0]->haltForTest();
+  for (int r = 1; r < 4; ++r) rep[r]->report(0);  // every survivor's MPI names rank 0
+  const double took = waitUntil(2.0, [&] {
+    for (int r = 1; r < 4; ++r)
+      if (det[r]->view().isAlive(0)) return false;
+    return true;
+  });
+  ASSERT_GT(took, 0.0) << "the reported coordinator failure was not declared within 2 s";
+  EXPECT_LT(took, 1.0);
+  const recovery::View v = det[2]->view();
+  EXPECT_EQ(v.issuer, 1);
+  EXPECT_EQ(v.shardRank[0], 1);
+  ASSERT_EQ(v.failures.size(), 1u);
+  EXPECT_EQ(v.failures[0].detectedBy, recovery::kDetectedByMpi);
+  for (int r = 1; r < 4; ++r) det[r]->leave();
 }
 
 

@@ -38,6 +38,7 @@ MpiTransport::MpiTransport(MPI_Comm comm) : comm_(comm) {
   PHX_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
   PHX_MPI_CHECK(MPI_Comm_size(comm_, &size_));
   dead_.assign(size_, 0);
+  told_.assign(size_, 0);
 }
 
 int MpiTransport::destinationOf(SendId id) const {
@@ -197,8 +198,18 @@ bool MpiTransport::failedProcess(int rc) {
 }
 
 std::vector<int> MpiTransport::reportedFailures() {
+  // Ask the library (ULFM) which processes it knows have failed, even when no operation of
+  // ours involved them; each rank is reported once.
+  if (ulfm::kCompiled)
+    for (int r : ulfm::failedRanks(comm_))
+      if (std::find(reported_.begin(), reported_.end(), r) == reported_.end()) reported_.push_back(r);
   std::vector<int> out;
-  out.swap(reported_);
+  for (int r : reported_)
+    if (r >= 0 && r < size_ && !told_[r]) {
+      told_[r] = 1;
+      out.push_back(r);
+    }
+  reported_.clear();
   return out;
 }
 

@@ -56,6 +56,7 @@ class MpiTransport final : public Transport {
   // the library names are kept for the detector, and the operation counts as not done yet.
   bool failedProcess(int rc);
   std::vector<int> reported_;
+  std::vector<char> told_;  // ranks already returned by reportedFailures()
 };
 
 }  // namespace phx::transport

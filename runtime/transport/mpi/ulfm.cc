@@ -16,10 +16,12 @@ bool isProcessFailure(int rc) {
 }
 
 std::vector<int> failedRanks(MPI_Comm comm) {
+  // MPIX_Comm_get_failed (ULFM, MPI 4.x proposal): every failure this process knows of, without
+  // acknowledging it (so MPI_ANY_SOURCE receives keep working). The library learns of a death
+  // within ~10 ms as long as this process keeps calling into MPI (shared/infra-notes.md).
   std::vector<int> out;
-  if (MPIX_Comm_failure_ack(comm) != MPI_SUCCESS) return out;
   MPI_Group failed = MPI_GROUP_NULL, all = MPI_GROUP_NULL;
-  if (MPIX_Comm_failure_get_acked(comm, &failed) != MPI_SUCCESS) return out;
+  if (MPIX_Comm_get_failed(comm, &failed) != MPI_SUCCESS) return out;
   int n = 0;
   MPI_Group_size(failed, &n);
   if (n > 0) {
@@ -31,7 +33,7 @@ std::vector<int> failedRanks(MPI_Comm comm) {
       if (r != MPI_UNDEFINED) out.push_back(r);
     MPI_Group_free(&all);
   }
-  MPI_Group_free(&failed);
+  if (failed != MPI_GROUP_EMPTY) MPI_Group_free(&failed);
   return out;
 }
 

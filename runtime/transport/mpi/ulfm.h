@@ -3,9 +3,10 @@
 // development machine it is absent and every function here degrades to "the library reports
 // nothing" (shared/infra-notes.md), leaving detection to the heartbeats of recovery/detector.h.
 //
-// What Phoenix uses it for: (1) a second detection source: an MPI call that fails with
-// MPIX_ERR_PROC_FAILED names the failed ranks (failure_ack + get_acked), which the detector
-// declares at once instead of waiting for the heartbeat timeout; (2) the bounded end of a job
+// What Phoenix uses it for: (1) the first detection source: the failed group of the detector's
+// communicator (MPIX_Comm_get_failed, polled every detector tick) and calls that fail with
+// MPIX_ERR_PROC_FAILED name the failed ranks, which the detector declares at once instead of
+// waiting for the heartbeat timeout (heartbeats stay for what the MPI cannot see: a frozen rank); (2) the bounded end of a job
 // after failures: revoke + shrink the world to the survivors and agree on the outcome there.
 // Everything else (who serves which shard, epochs) stays with the coordinator-issued views, so
 // both paths behave the same.
@@ -33,7 +34,8 @@ inline constexpr bool kCompiled = PHX_HAVE_ULFM != 0;
 
 // Whether an MPI return code reports a failed process or a revoked communicator.
 bool isProcessFailure(int rc);
-// The ranks of comm the library knows have failed (acknowledging them); empty without ULFM.
+// The ranks of comm the library knows have failed (MPIX_Comm_get_failed; nothing is
+// acknowledged); empty without ULFM.
 std::vector<int> failedRanks(MPI_Comm comm);
 // Revokes comm and returns a communicator of its survivors (MPI_COMM_NULL without ULFM).
 MPI_Comm revokeAndShrink(MPI_Comm comm);

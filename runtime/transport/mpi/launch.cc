@@ -1,0 +1,38 @@
+#include "runtime/transport/mpi/launch.h"
+
+#include <mpi.h>
+
+#include <cstdlib>
+
+#include "runtime/core/error.h"
+
+namespace phx::transport {
+
+const char* recoveryLaunchFlag() {
+#if defined(OMPI_MAJOR_VERSION) && OMPI_MAJOR_VERSION >= 5
+  return "--with-ft ulfm";
+#else
+  return "--enable-recovery";
+#endif
+}
+
+std::string mpiName() {
+#if defined(OMPI_MAJOR_VERSION)
+  return detail::concat("Open MPI ", OMPI_MAJOR_VERSION, ".", OMPI_MINOR_VERSION, ".",
+                        OMPI_RELEASE_VERSION);
+#elif defined(MPICH_VERSION)
+  return std::string("MPICH ") + MPICH_VERSION;
+#else
+  return "MPI";
+#endif
+}
+
+bool launchSurvives() {
+  // Open MPI 4 (--enable-recovery), Open MPI 5 (--with-ft ulfm), or asserted by the user.
+  for (const char* v : {"OMPI_MCA_orte_enable_recovery", "OMPI_MCA_mpi_ft_enable", "PHX_LAUNCH_SURVIVES"})
+    if (const char* s = std::getenv(v))
+      if (std::string(s) == "1" || std::string(s) == "true") return true;
+  return false;
+}
+
+}  // namespace phx::transport
