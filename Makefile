@@ -7,7 +7,7 @@ PHX := $(BUILD)/bin/phoenix
 RUN_DIR ?= phoenix-run
 
 
-.PHONY: all deps build run run-local test-fault test test-unit bench bench-torch bench-runtime bench-recovery bench-micro stragglers recovery-experiment recovery-1worker failures-stragglers cost-table accuracy clean
+.PHONY: all deps build run run-local test-fault test-ulfm gpu-pack test test-unit bench bench-torch bench-runtime bench-recovery bench-micro stragglers recovery-experiment recovery-1worker failures-stragglers cost-table accuracy clean
 
 all: build
 
@@ -21,7 +21,9 @@ build: deps
 # The main job: a small mpirun training (1 server, 1 spare, 4 workers, 1 epoch of the cnn) in
 # which the server SIGKILLs itself at step 200; the spare restores the newest HDF5 snapshot and
 # the job finishes. Prints the FAILURE and RECOVERED lines; summary in $(RUN_DIR)/summary.json.
-MPIRUN ?= mpirun --oversubscribe --bind-to none --enable-recovery $(if $(filter 0,$(shell id -u)),--allow-run-as-root,)
+# The survivor flag of the MPI on PATH: Open MPI 4 --enable-recovery, Open MPI 5 --with-ft ulfm.
+FT_FLAG = $(shell apps/scripts/mpirun_ft_flag.sh 2>/dev/null)
+MPIRUN ?= mpirun --oversubscribe --bind-to none $(FT_FLAG) $(if $(filter 0,$(shell id -u)),--allow-run-as-root,)
 run: build
 	rm -rf $(RUN_DIR)/checkpoints && mkdir -p $(RUN_DIR)
 	$(MPIRUN) -n 6 $(PHX) train --epochs 1 --servers 1 --spares 1 --recovery checkpoint \
@@ -44,6 +46,16 @@ test: build
 # Only the failure-recovery jobs (also part of `make test`).
 test-fault: build
 	cd $(BUILD) && ctest --output-on-failure -L fault
+
+# Under Open MPI 5 + ULFM in a Debian 13 root (also part of `make test` as root): builds the root
+# if needed (apps/scripts/ulfm_root.sh), Phoenix inside it, and runs its unit, mpi, fault labels.
+test-ulfm: build
+	tests/ulfm/ulfm_test.sh
+
+# The GPU check (docs/perf.md "GPU"): pack here, then run `apps/scripts/gpu_check.sh device`
+# on a GPU machine with .gpu carried.
+gpu-pack: deps
+	apps/scripts/gpu_check.sh pack
 
 # Kernel throughput table (docs/perf.md).
 bench: build

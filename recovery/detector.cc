@@ -34,6 +34,12 @@ FailureDetector::~FailureDetector() {
   if (thread_.joinable()) thread_.join();
 }
 
+void FailureDetector::adopt(const View& v) {
+  std::lock_guard<std::mutex> lock(mu_);
+  view_ = v;
+  epoch_.store(v.epoch);
+}
+
 void FailureDetector::start() {
   if (started_) return;
   started_ = true;
@@ -141,7 +147,14 @@ void FailureDetector::install(const View& v, bool announce) {
   }
   const double now = steadyNow();
   for (int r = 0; r < static_cast<int>(v.alive.size()); ++r) {
-    if (!v.alive[r]) t_.markDead(r);
+    if (!v.alive[r]) {
+      t_.markDead(r);
+    } else if (!old.isAlive(r)) {  // a replacement under a dead rank's number
+      t_.revive(r);
+      mpiFailed_[r] = 0;
+      left_ranks_[r] = 0;
+      killUnix_[r] = 0;
+    }
     suspect_[r] = 0;
     lastHeard_[r] = now;  // new relationships start with a full timeout
   }
@@ -157,7 +170,8 @@ void FailureDetector::install(const View& v, bool announce) {
     log::warn("rank ", f.rank, " (", ps::roleName(static_cast<ps::Role>(f.role)),
               f.shard >= 0 ? detail::concat(" of shard ", f.shard) : std::string(),
               ") declared failed at epoch ", v.epoch, " by rank ", v.issuer,
-              f.shard >= 0 ? (f.replacedBy >= 0 ? detail::concat("; rank ", f.replacedBy, " takes over")
+              f.shard >= 0 ? (f.spawned ? std::string("; a replacement process is started for it")
+                              : f.replacedBy >= 0 ? detail::concat("; rank ", f.replacedBy, " takes over")
                                                 : std::string("; no spare left to take over"))
                            : std::string());
   }
@@ -165,6 +179,18 @@ void FailureDetector::install(const View& v, bool announce) {
   if (announce)
     for (int r = 0; r < static_cast<int>(v.alive.size()); ++r)
       if (r != me_ && v.alive[r] && !left_ranks_[r]) sendView(r, v);
+  if (!v.respawn.empty() && respawner_ && v.isAlive(me_)) runRespawn(v);
+}
+
+void FailureDetector::runRespawn(const View& v) {
+  // Every survivor takes part; the lowest one (the spawn's root) then issues the view in which
+  // the new processes are alive (or, when the spawn failed, the shards that waited are lost).
+  const int root = v.coordinator();
+  View next = afterRespawn(v, root, true);
+  const bool ok = respawner_(v, next);
+  if (me_ != root) return;
+  if (!ok) next = afterRespawn(v, root, false);
+  install(next, true);
 }
 
 void FailureDetector::tick() {
@@ -242,7 +268,12 @@ void FailureDetector::tick() {
       if (suspect_[r] || now - lastHeard_[r] > opt_.timeoutS) dead.push_back(r);
     }
     if (!dead.empty()) {
-      View next = nextView(cur, layout_, dead, me_, unixNow(), lastHeardUnix_, killUnix_);
+      // Replacements only while every live rank can take part in starting them (a rank that
+      // finished normally has left and is no longer listening).
+      bool canSpawn = static_cast<bool>(respawner_);
+      for (int r = 0; r < static_cast<int>(cur.alive.size()); ++r)
+        if (cur.alive[r] && left_ranks_[r]) canSpawn = false;
+      View next = nextView(cur, layout_, dead, me_, unixNow(), lastHeardUnix_, killUnix_, canSpawn);
       for (size_t i = cur.failures.size(); i < next.failures.size(); ++i)
         if (mpiFailed_[next.failures[i].rank]) next.failures[i].detectedBy = kDetectedByMpi;
       install(next, true);

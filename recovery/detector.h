@@ -50,6 +50,11 @@ struct DetectorOptions {
   double timeoutS = 0.5;    // --failure-timeout-ms
 };
 
+// Starts the replacements a view asks for (v.respawn; recovery/respawn.h): collective over the
+// ranks alive in v, called on each survivor's detector thread; next is the view they join at.
+// Returns the same answer on every survivor.
+using Respawner = std::function<bool(const View& v, const View& next)>;
+
 class FailureDetector {
  public:
   // t: a transport used only by this detector (its own communicator), rank = job rank.
@@ -58,6 +63,10 @@ class FailureDetector {
   FailureDetector(const FailureDetector&) = delete;
   FailureDetector& operator=(const FailureDetector&) = delete;
 
+  // Before start(): replacements are started when no spare is left (null: never).
+  void setRespawner(Respawner r) { respawner_ = std::move(r); }
+  // Before start(), in a replacement process: the view it joins the job at.
+  void adopt(const View& v);
   void start();
   // Normal end of this rank: tell every live rank, stop the thread. Idempotent.
   void leave();
@@ -104,6 +113,8 @@ class FailureDetector {
   std::vector<double> killUnix_;
   std::vector<char> left_ranks_, suspect_;
   std::vector<char> mpiFailed_;  // ranks the MPI library reported failed (ULFM)
+  Respawner respawner_;
+  void runRespawn(const View& v);
   double lastBeat_ = -1e9, lastTick_ = 0;
   int candidate_ = -1;
   bool acting_ = false;

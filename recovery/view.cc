@@ -67,9 +67,10 @@ View initialView(const ps::RoleLayout& layout) {
 
 View nextView(const View& v, const ps::RoleLayout& layout, const std::vector<int>& dead,
               int issuer, double nowUnix, const std::vector<double>& lastHeardUnix,
-              const std::vector<double>& killUnix) {
+              const std::vector<double>& killUnix, bool canSpawn) {
   View n = v;
   n.epoch = v.epoch + 1;
+  n.respawn.clear();
   n.issuer = issuer;
   for (int r : dead) n.alive[r] = 0;
   std::erase_if(n.spares, [&](int r) { return !n.alive[r]; });
@@ -98,11 +99,15 @@ View nextView(const View& v, const ps::RoleLayout& layout, const std::vector<int
       } else if (!n.spares.empty()) {
         n.shardRank[f.shard] = n.spares.front();
         n.spares.erase(n.spares.begin());
+      } else if (canSpawn) {
+        n.shardRank[f.shard] = kRespawning;
+        n.respawn.push_back(Respawn{r, f.shard, 0});
+        f.spawned = 1;
       } else {
         n.shardRank[f.shard] = -1;
       }
       n.shardSince[f.shard] = n.epoch;
-      f.replacedBy = n.shardRank[f.shard];
+      f.replacedBy = f.spawned ? r : n.shardRank[f.shard];
     }
     n.failures.push_back(f);
   }
@@ -128,6 +133,35 @@ View nextView(const View& v, const ps::RoleLayout& layout, const std::vector<int
       n.backups[s].push_back(n.spares.front());
       n.spares.erase(n.spares.begin());
     }
+  // Still short and no spare left: a dead member of that chain is started again as its tail.
+  if (canSpawn)
+    for (int r : dead) {
+      const int s = v.shardOf(r) >= 0 ? v.shardOf(r) : v.backupOf(r);
+      if (s < 0 || n.shardRank[s] < 0 ||
+          static_cast<int>(n.backups[s].size()) >= layout.replicas())
+        continue;
+      n.respawn.push_back(Respawn{r, s, 1});
+    }
+  return n;
+}
+
+View afterRespawn(const View& v, int issuer, bool ok) {
+  View n = v;
+  n.epoch = v.epoch + 1;
+  n.issuer = issuer;
+  for (const Respawn& p : v.respawn) {
+    if (!ok) {
+      if (!p.asTail && n.shardRank[p.shard] == kRespawning) n.shardRank[p.shard] = -1;
+      continue;
+    }
+    n.alive[p.rank] = 1;
+    if (p.asTail) {
+      n.backups[p.shard].push_back(p.rank);
+    } else {
+      n.shardRank[p.shard] = p.rank;  // shardSince stays the failure's epoch: one failover
+    }
+  }
+  n.respawn.clear();
   return n;
 }
 
@@ -181,6 +215,7 @@ std::vector<unsigned char> View::serialize() const {
   for (const auto& b : backups) w.putVec(b);
   w.putVec(spares);
   w.putVec(failures);
+  w.putVec(respawn);
   return w.out;
 }
 
@@ -198,6 +233,7 @@ View View::parse(const unsigned char* data, size_t bytes) {
   for (int32_t i = 0; i < nb; ++i) v.backups.push_back(r.getVec<int>());
   v.spares = r.getVec<int>();
   v.failures = r.getVec<FailureRecord>();
+  v.respawn = r.getVec<Respawn>();
   PHX_ENFORCE(r.left == 0 && v.shardRank.size() == v.shardSince.size(), "malformed view message");
   return v;
 }

@@ -27,9 +27,23 @@ struct FailureRecord {
   int backupOf = -1;       // shard whose replica chain it was a backup in (-1: none)
   int promoted = 0;        // 1: replacedBy was a replica promoted to head (chain replication)
   int detectedBy = 0;      // kDetectedByHeartbeat or kDetectedByMpi
+  int spawned = 0;         // 1: replaced by a process spawned for it (no spare was left)
   double killUnix = 0;     // wall time of the kill when the rank announced it (injected), else 0
   double lastHeardUnix = 0;  // last heartbeat the coordinator had from it
   double detectedUnix = 0;   // when the coordinator declared it dead
+};
+
+// shardRank value while a replacement process is being started for the shard (workers wait, or
+// train on locally in stateless/hybrid mode, until the next view names it).
+inline constexpr int kRespawning = ps::kRespawningRank;
+
+// A replacement to start because no spare is left: a new process takes the dead rank's number
+// (the job keeps its size and every rank its number) and serves `shard`, as its head or, when
+// asTail is 1, as the new tail of its replica chain.
+struct Respawn {
+  int32_t rank = -1;
+  int32_t shard = -1;
+  int32_t asTail = 0;
 };
 
 struct View {
@@ -43,6 +57,7 @@ struct View {
   std::vector<std::vector<int>> backups;
   std::vector<int> spares;       // spare ranks not yet given a role, in takeover order
   std::vector<FailureRecord> failures;  // every failure so far, oldest first
+  std::vector<Respawn> respawn;  // replacements the survivors start before the next view
 
   bool isAlive(int rank) const { return rank >= 0 && rank < static_cast<int>(alive.size()) && alive[rank]; }
   int coordinator() const;  // the lowest live rank
@@ -67,9 +82,16 @@ View initialView(const ps::RoleLayout& layout);
 // first backup (promotion) or else to the first free live spare (or to no one); a chain that
 // lost a member gets a free spare at its tail (back to 1 + replicas long); dead spares leave
 // the spare list.
+// canSpawn: when no backup or spare is left, the view asks for a replacement process (respawn,
+// shardRank = kRespawning) instead of losing the shard (shardRank = -1), and a replica chain
+// that stays short gets a spawned tail.
 View nextView(const View& v, const ps::RoleLayout& layout, const std::vector<int>& dead,
               int issuer, double nowUnix, const std::vector<double>& lastHeardUnix,
-              const std::vector<double>& killUnix);
+              const std::vector<double>& killUnix, bool canSpawn = false);
+
+// The view after the survivors started v.respawn (ok) or failed to (a shard waiting for its
+// replacement is then lost, -1): the new processes are alive under the dead ranks' numbers.
+View afterRespawn(const View& v, int issuer, bool ok);
 
 double unixNow();
 

@@ -27,6 +27,9 @@ mkdir -p "$PHOENIX_RUN_DIR"
 MPIRUN=(mpirun -n "$NTASKS" --bind-to none)
 [ "${PHOENIX_OVERSUBSCRIBE:-1}" = 1 ] && MPIRUN+=(--oversubscribe)
 [ "$(id -u)" -eq 0 ] && MPIRUN+=(--allow-run-as-root)
+# The flag that keeps survivors alive, for the mpirun on PATH: Open MPI 4 --enable-recovery,
+# Open MPI 5 --with-ft ulfm (apps/scripts/mpirun_ft_flag.sh); empty when neither is known.
+read -r -a FT_FLAG <<< "$("$PHOENIX_HOME/apps/scripts/mpirun_ft_flag.sh" 2>/dev/null || true)"
 
 TRAIN_ARGS=(train --servers "$PHOENIX_SERVERS" --spares "$PHOENIX_SPARES" --model "$PHOENIX_MODEL"
             --epochs "$PHOENIX_EPOCHS" --metrics "$PHOENIX_RUN_DIR/metrics.csv"

@@ -131,12 +131,12 @@ int runRecoveryBench(const RecoveryBenchOptions& opt) {
   std::mt19937_64 rng(opt.seed);
   std::printf("%s\n", opt.freeze ? "freezes (SIGSTOP of the shard-0 server by PID; detection from its last heartbeat)"
                                   : "kills (SIGKILL of the shard-0 server at a random step)");
-  std::printf("%-17s %5s %5s %24s %24s %10s %9s\n", "mode", "sync", "kills", "detect ms med (range)",
-              "recover ms med (range)", "lost max", "acc med");
+  std::printf("%-17s %5s %5s %24s %24s %10s %9s %7s\n", "mode", "sync", "kills", "detect ms med (range)",
+              "recover ms med (range)", "lost max", "acc med", "by mpi");
   std::string json = "[";
   for (const std::string& mode : opt.modes) {
     std::vector<double> det, rec, lost, acc;
-    int failedJobs = 0;
+    int failedJobs = 0, byMpi = 0;
     for (int k = 0; k < opt.kills; ++k) {
       const int at = opt.steps / 5 + static_cast<int>(rng() % static_cast<uint64_t>(2 * opt.steps / 5));
       const std::string base = detail::concat(opt.dir, "/", mode, "-", opt.sync, "-", k);
@@ -145,9 +145,9 @@ int runRecoveryBench(const RecoveryBenchOptions& opt) {
       const std::string inject =
           opt.freeze ? std::string(" --log-level debug") : detail::concat(" --log-level warn --kill-server ", at);
       const std::string cmd = detail::concat(
-          opt.mpirun, " -n ", opt.ranks, " ", self, " train --model ", opt.model, " --steps ",
+          opt.mpirun, " -n ", opt.ranks + opt.spares - 1, " ", self, " train --model ", opt.model, " --steps ",
           opt.freeze ? 4 * opt.steps : opt.steps, " --threads 1 --eval-every 0 --sync ", opt.sync,
-          " --servers 1 --spares 1 ", modeFlags(mode), inject, " --checkpoint-dir ", base,
+          " --servers 1 --spares ", opt.spares, " ", modeFlags(mode), inject, " --checkpoint-dir ", base,
           ".ckpt --summary ", base, ".json > ", base, ".log 2>&1");
       Freezer freezer;
       freezer.log = base + ".log";
@@ -156,6 +156,7 @@ int runRecoveryBench(const RecoveryBenchOptions& opt) {
       if (opt.freeze && freezer.state == 2) kill(freezer.pid, SIGCONT);  // never leave it stopped
       const std::string s = slurp(base + ".json");
       const auto d = numbersOf(s, "detected_ms"), r = numbersOf(s, "recovered_ms");
+      if (s.find("\"detected_by\": \"mpi\"") != std::string::npos) ++byMpi;
       if (rc != 0 || s.empty() || d.empty() || r.empty() || r[0] <= 0) {
         ++failedJobs;
         std::fprintf(stderr, "bench recovery: %s job %d did not recover (rc %d); see %s.log\n",
@@ -176,18 +177,18 @@ int runRecoveryBench(const RecoveryBenchOptions& opt) {
                             static_cast<int64_t>(*std::max_element(v.begin(), v.end())));
     };
     const double lostMax = lost.empty() ? -1 : *std::max_element(lost.begin(), lost.end());
-    std::printf("%-17s %5s %5zu %10.0f (%11s) %10.0f (%11s) %10.0f %8.2f%%\n", mode.c_str(),
+    std::printf("%-17s %5s %5zu %10.0f (%11s) %10.0f (%11s) %10.0f %8.2f%% %7d\n", mode.c_str(),
                 opt.sync.c_str(), det.size(), median(det), range(det).c_str(), median(rec),
-                range(rec).c_str(), lostMax, 100.0 * median(acc));
+                range(rec).c_str(), lostMax, 100.0 * median(acc), byMpi);
     std::fflush(stdout);
-    char row[400];
+    char row[600];
     std::snprintf(row, sizeof row,
                   "%s\n  {\"mode\": \"%s\", \"sync\": \"%s\", \"freeze\": %s, \"kills\": %zu, \"failed_jobs\": %d, "
                   "\"detected_ms_median\": %.1f, \"recovered_ms_median\": %.1f, "
-                  "\"acknowledged_pushes_lost_max\": %.0f, \"accuracy_median\": %.4f}",
+                  "\"acknowledged_pushes_lost_max\": %.0f, \"accuracy_median\": %.4f, \"spares\": %d, \"detected_by_mpi\": %d}",
                   json.size() > 1 ? "," : "", mode.c_str(), opt.sync.c_str(), opt.freeze ? "true" : "false",
                   det.size(), failedJobs,
-                  median(det), median(rec), lostMax, median(acc));
+                  median(det), median(rec), lostMax, median(acc), opt.spares, byMpi);
     json += row;
   }
   json += "\n]\n";

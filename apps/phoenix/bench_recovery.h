@@ -16,10 +16,12 @@ struct RecoveryBenchOptions {
                                  "chain-async",     "stateless",        "hybrid"};
   std::string sync = "asp";
   int kills = 10;        // jobs (one kill each) per mode
-  int ranks = 7;         // mpirun -n
+  int ranks = 7;         // mpirun -n (with one spare; each spare fewer is one rank fewer)
+  int spares = 1;        // 0: no spare, a replacement process is spawned for the dead server
   std::string model = "mlp";
   int steps = 150;
-  std::string mpirun = "mpirun --oversubscribe --bind-to none --enable-recovery";
+  // set by main.cc: `mpirun --oversubscribe --bind-to none` + the survivor flag of the MPI in use
+  std::string mpirun;
   double timeoutS = 180;  // per job
   uint64_t seed = 7;
   // Freeze instead of kill: the shard-0 server is SIGSTOPped from outside (by PID, as an

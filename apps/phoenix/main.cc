@@ -13,6 +13,7 @@
 #include "apps/phoenix/mpi_main.h"
 #include "phx_config.h"
 #include "recovery/checkpoint.h"
+#include "recovery/respawn.h"
 #include "runtime/core/config.h"
 #include "runtime/core/error.h"
 #include "runtime/core/log.h"
@@ -38,6 +39,7 @@ int runTrain(phx::Config& cfg) {
   }
   cfg.launchSurvives = phx::transport::launchSurvives();
   cfg.survivorFlag = phx::transport::recoveryLaunchFlag();
+  cfg.launchCanSpawn = phx::recovery::MpiRespawner::launchCanSpawn();
   if (!cfg.resumeDir.empty() && cfg.checkpointDir == phx::Config{}.checkpointDir)
     cfg.checkpointDir = cfg.resumeDir;  // a resumed run goes on writing where it left off
   cfg.validate();
@@ -45,17 +47,41 @@ int runTrain(phx::Config& cfg) {
     PHX_USER_ERROR("--recovery ", cfg.recovery, " needs the other ranks to survive a death, but this "
                    "launch kills the whole job when one rank dies; launch with `mpirun ",
                    cfg.survivorFlag, " ...` (", phx::transport::mpiName(), "), or pass --recovery none");
-  return phx::apps::runUnderMpi([&cfg](int, int size) {
-    if (size == 1) {
+  return phx::apps::runUnderMpi([&cfg](int rank, int size) {
+    MPI_Comm parent = MPI_COMM_NULL;
+    MPI_Comm_get_parent(&parent);
+    if (parent != MPI_COMM_NULL) {
+      // A replacement started by the survivors (recovery/respawn.h): it takes a dead rank's
+      // number and joins the job at the view they send.
+      auto j = phx::recovery::MpiRespawner::join(parent, cfg.peerTimeoutS);
+      phx::transport::MpiTransport t(j.train, j.rank, j.logicalOf);
+      phx::transport::MpiTransport dt(j.det, j.rank, j.logicalOf);
+      phx::recovery::MpiRespawner resp(j.base, j.logicalOf, j.rank, dt, t, {}, cfg.peerTimeoutS);
+      phx::train::Membership m;
+      m.respawn = [&resp](const phx::recovery::View& v, const phx::recovery::View& n) {
+        return resp.respawn(v, n);
+      };
+      m.joinView = &j.view;
+      phx::train::runDistributed(cfg, t, nullptr, &dt, &m);
+    } else if (size == 1) {
       phx::train::runLocal(cfg);
     } else {
-      // The failure detector gets a communicator of its own (duplicated while everyone is
-      // alive; only point-to-point traffic ever goes over either).
-      MPI_Comm detComm;
+      // The failure detector gets a communicator of its own, and rebuilds one more (all
+      // duplicated while everyone is alive; only point-to-point traffic goes over the first two).
+      MPI_Comm detComm, baseComm;
       PHX_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &detComm));
+      PHX_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &baseComm));
       phx::transport::MpiTransport t(MPI_COMM_WORLD);
       phx::transport::MpiTransport dt(detComm);
-      phx::train::runDistributed(cfg, t, nullptr, &dt);
+      std::vector<int> identity(size);
+      for (int i = 0; i < size; ++i) identity[i] = i;
+      phx::recovery::MpiRespawner resp(baseComm, identity, rank, dt, t, {}, cfg.peerTimeoutS);
+      phx::train::Membership m;
+      if (cfg.spawnReplacements())
+        m.respawn = [&resp](const phx::recovery::View& v, const phx::recovery::View& n) {
+          return resp.respawn(v, n);
+        };
+      phx::train::runDistributed(cfg, t, nullptr, &dt, &m);
     }
   });
 }
@@ -105,6 +131,10 @@ void addTrainFlags(CLI::App& app, phx::Config& c) {
       ->check(CLI::Range(0, 64))->capture_default_str();
   app.add_option("--spares", c.spares, "Idle ranks that can take over a dead server's role")
       ->check(CLI::Range(0, 4096))->capture_default_str();
+  app.add_option("--spawn", c.spawn,
+                 "Start a replacement process (MPI_Comm_spawn) for a dead server when no spare or "
+                 "replica is left: auto (when launched by mpirun with survivors), on, off")
+      ->check(CLI::IsMember({"auto", "on", "off"}))->capture_default_str();
   app.add_option("--group-size", c.groupSize,
                  "Workers per group: a group reduces its gradients first, its leader talks to the servers")
       ->check(CLI::Range(1, 4096))->capture_default_str();
@@ -259,6 +289,7 @@ int main(int argc, char** argv) {
   benchCkpt->add_option("--json", cb.jsonPath, "Also write the results as JSON");
 
   phx::apps::RecoveryBenchOptions rb;
+  rb.mpirun = std::string("mpirun --oversubscribe --bind-to none ") + phx::transport::recoveryLaunchFlag();
   CLI::App* benchRec = bench->add_subcommand(
       "recovery", "Detection and recovery times per recovery mode over real kills (mpirun jobs)");
   benchRec->add_option("--modes", rb.modes,
@@ -271,6 +302,8 @@ int main(int argc, char** argv) {
   benchRec->add_option("--model", rb.model, "Model trained")->capture_default_str();
   benchRec->add_option("--steps", rb.steps, "Steps per job (the kill comes in the 2nd-3rd fifth)")
       ->check(CLI::Range(20, 100000000))->capture_default_str();
+  benchRec->add_option("--spares", rb.spares, "Spares per job (0: a replacement process is spawned)")
+      ->check(CLI::Range(0, 4))->capture_default_str();
   benchRec->add_option("--mpirun", rb.mpirun, "Launcher command (must let survivors live)")->capture_default_str();
   benchRec->add_option("--timeout", rb.timeoutS, "Seconds per job before it is killed")
       ->check(CLI::PositiveNumber)->capture_default_str();

@@ -30,6 +30,10 @@ import subprocess
 import sys
 import time
 
+# The mpirun flag that keeps survivors alive (Open MPI 4: --enable-recovery, 5: --with-ft ulfm).
+FT_FLAG = subprocess.run([os.path.join(os.path.dirname(os.path.abspath(__file__)), "mpirun_ft_flag.sh")],
+                         capture_output=True, text=True, check=True).stdout.split()
+
 # mode -> (phoenix flags, the paper's column name or None)
 MODES = {
     "none-sync": (["--sync", "bsp", "--recovery", "none"], None),
@@ -118,7 +122,7 @@ def run(a, mode, scenario):
         if os.path.exists(f):
             os.remove(f)
     cmd = (["mpirun", "--oversubscribe", "--bind-to", "none", "-n", str(ranks)]
-           + (["--enable-recovery"] if failing else [])
+           + (FT_FLAG if failing else [])
            + [a.phoenix, "train", "--model", "cnn", "--epochs", "1000", "--threads", "1",
               "--batch", "32", "--lr", "0.01", "--momentum", "0", "--lr-schedule", "constant",
               "--seed", str(a.seed), "--eval-every", a.eval_every, "--log-level", "warn",

@@ -29,7 +29,9 @@ def main():
     ap.add_argument("--momentum", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (PyTorch CUDA, for the GPU check)")
     a = ap.parse_args()
+    dev = torch.device(a.device)
     torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads)
     d = a.data_dir
@@ -38,16 +40,17 @@ def main():
     xte = torch.tensor(load(f"{d}/t10k-images-idx3-ubyte.gz", 16).reshape(-1, 1, 28, 28))
     yte = torch.tensor(load(f"{d}/t10k-labels-idx1-ubyte.gz", 8).astype(np.int64))
     norm = lambda x: (x.float() / 255.0 - 0.5) / 0.5
-    xtr, xte = norm(xtr), norm(xte)
+    xtr, xte = norm(xtr).to(dev), norm(xte).to(dev)
+    ytr, yte = ytr.to(dev), yte.to(dev)
     net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                        nn.Linear(1568, 512), nn.ReLU(), nn.Dropout(0.25), nn.Linear(512, 10))
+                        nn.Linear(1568, 512), nn.ReLU(), nn.Dropout(0.25), nn.Linear(512, 10)).to(dev)
     opt = torch.optim.SGD(net.parameters(), lr=a.lr, momentum=a.momentum)
     lf = nn.CrossEntropyLoss()
     t0 = time.time()
     for epoch in range(1, a.epochs + 1):
         net.train()
-        perm = torch.randperm(len(xtr))
+        perm = torch.randperm(len(xtr), device=dev)
         for i in range(0, len(xtr), a.batch):
             idx = perm[i:i + a.batch]
             opt.zero_grad()
@@ -57,7 +60,9 @@ def main():
         with torch.no_grad():
             acc = sum((net(xte[i:i + 1000]).argmax(1) == yte[i:i + 1000]).sum().item()
                       for i in range(0, len(xte), 1000)) / len(xte)
-        print(f"epoch {epoch} test_accuracy {acc:.4f} time_s {time.time() - t0:.1f}", flush=True)
+        el = time.time() - t0
+        print(f"epoch {epoch} test_accuracy {acc:.4f} time_s {el:.1f} samples_per_s {epoch * len(xtr) / el:.0f}",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@
 # fetched (debootstrap + apt inside the root). /proc, /sys, /dev, /dev/shm, /run/netns and the
 # project are mounted for `run` and unmounted again on every exit path (trap), in reverse order.
 # Needs root. Exit 3 when the root cannot be had (no root user, no network to Debian's registry,
-# debootstrap failed): callers (ctest) turn that into a skip with this one-line message.
+# debootstrap failed), with a one-line message. Inside, Open MPI's TCP traffic is kept on loopback
+# (OMPI_MCA_btl_tcp_if_include=lo: with every interface of this machine 5.0.7 found "no reachable
+# pairing" between its own addresses).
 set -euo pipefail
 ROOT=${PHX_ULFM_ROOT:-/var/lib/phoenix/trixie-ulfm}
 MIRROR=${PHX_DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -101,7 +103,7 @@ case "${1:-}" in
     cmd="cd /phoenix && $*"
     with_mounts chroot "$ROOT" env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
       HOME=/root OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
-      PHX_MPI_FLAVOR=ompi5 TERM=dumb bash -c "$cmd"
+      OMPI_MCA_btl_tcp_if_include=lo TERM=dumb bash -c "$cmd"
     ;;
   *) echo "usage: $0 ensure | run CMD... | path" >&2; exit 2 ;;
 esac

@@ -42,6 +42,11 @@ std::string Config::effectiveRecovery() const {
   return replicas > 0 ? "chain" : "checkpoint";
 }
 
+bool Config::spawnReplacements() const {
+  if (spawn == "off" || effectiveRecovery() == "none") return false;
+  return spawn == "on" || launchCanSpawn;
+}
+
 namespace {
 std::vector<Schedule> parseList(const std::string& flag, const std::string& v) {
   std::vector<Schedule> out;
@@ -150,6 +155,11 @@ void Config::validate() const {
   if (servers < 1) PHX_USER_ERROR("--servers ", servers, " must be at least 1");
   if (replicas < 0) PHX_USER_ERROR("--replicas ", replicas, " must be >= 0");
   if (spares < 0) PHX_USER_ERROR("--spares ", spares, " must be >= 0");
+  if (spawn != "auto" && spawn != "on" && spawn != "off")
+    PHX_USER_ERROR("--spawn '", spawn, "' is not known (accepted: auto, on, off)");
+  if (spawn == "on" && !launchCanSpawn)
+    PHX_USER_ERROR("--spawn on: this launch cannot start replacement processes (they need Open "
+                   "MPI's mpirun with ", survivorFlag, "; under srun use --spares K)");
   if (groupSize < 1) PHX_USER_ERROR("--group-size ", groupSize, " must be >= 1");
   if (sync != "bsp" && sync != "asp" && sync != "ssp" && sync != "syncopt" && sync != "consgd" &&
       sync != "dynsgd" && sync != "flexrr" && sync != "epsp")

@@ -50,6 +50,10 @@ struct Config {
   int servers = 1;
   int replicas = 0;
   int spares = 0;
+  // auto | on | off: start a replacement process (MPI_Comm_spawn) for a dead server when no
+  // spare or replica is left (auto: when the launch is Open MPI's mpirun with survivors)
+  std::string spawn = "auto";
+  bool launchCanSpawn = false;  // set by apps/: the launcher can start processes (mpirun)
   int groupSize = 1;
   std::string sync = "bsp";       // bsp | asp | ssp | syncopt | consgd | dynsgd | flexrr | epsp
   int staleness = 3;              // SSP bound s
@@ -110,6 +114,8 @@ struct Config {
 
   // "auto" resolved: checkpoint when the launch lets survivors live, else none.
   std::string effectiveRecovery() const;
+  // Whether replacements are spawned (--spawn, the launch, and a recovery mode).
+  bool spawnReplacements() const;
   // --kill-server / --kill-worker parsed ("200", "30s", "200,400").
   std::vector<Schedule> killServerAt() const;
   std::vector<Schedule> killWorkerAt() const;

@@ -63,6 +63,7 @@ std::string Summary::toJson() const {
     os << (i ? ",\n" : "\n") << "    {\"rank\": " << f.rank << ", \"role\": " << jsonString(f.role)
        << ", \"shard\": " << f.shard << ", \"epoch\": " << f.epoch
        << ", \"replaced_by\": " << f.replacedBy
+       << ", \"spawned\": " << (f.spawned ? "true" : "false")
        << ", \"kill_time_known\": " << (f.killTimeKnown ? "true" : "false")
        << ", \"detected_by\": " << jsonString(f.detectedBy)
        << ", \"detected_ms\": " << f.detectedMs << ", \"recovered_ms\": " << f.recoveredMs

@@ -42,6 +42,7 @@ struct FailureRecord {
   std::string role;
   int shard = -1, replacedBy = -1, epoch = 0;
   bool killTimeKnown = false;  // detected_ms from the kill (injected) or from the last heartbeat
+  bool spawned = false;  // replaced by a process started for it (no spare was left)
   std::string detectedBy = "heartbeat";  // heartbeat | mpi (the MPI reported it: ULFM)
   double detectedMs = 0, recoveredMs = -1;  // -1: not recovered (or nothing to recover)
   int64_t rolledBackSteps = 0, bufferedUpdatesApplied = 0, updatesLost = 0;

@@ -32,12 +32,21 @@ void PsClient::retarget(const Directory& d) {
   epoch_ = d.epoch;
   for (int s = 0; s < static_cast<int>(ranges_.size()); ++s) {
     if (d.rank[s] == old.rank[s]) continue;
-    if (d.rank[s] < 0)
-      PHX_USER_ERROR("shard ", s, " is lost: its server died and no spare is left to take over; "
-                     "restart the job from the last snapshot with --resume DIR, or give --spares");
-    log::info("client ", client_, ": shard ", s, " now served by rank ", d.rank[s], " (epoch ",
-              d.epoch, ")");
-    moves_.push_back(Move{s, d.epoch, versions_[s]});
+    if (d.rank[s] == -1)
+      PHX_USER_ERROR("shard ", s, " is lost: its server died and no spare is left to take over",
+                     old.rank[s] == ps::kRespawningRank ? " (starting a replacement failed)" : "",
+                     "; restart the job from the last snapshot with --resume DIR, or give --spares");
+    const bool respawning = d.rank[s] == ps::kRespawningRank;
+    const bool reborn = old.rank[s] == ps::kRespawningRank;  // its replacement is up
+    if (respawning)
+      log::info("client ", client_, ": shard ", s, " waits for a replacement process (epoch ",
+                d.epoch, ")");
+    else
+      log::info("client ", client_, ": shard ", s, " now served by rank ", d.rank[s], " (epoch ",
+                d.epoch, ")");
+    // one move per failover (a replacement that was being started is the same failover)
+    if (!reborn) moves_.push_back(Move{s, d.epoch, versions_[s]});
+    if (respawning && !stateless_) continue;  // sent again once the replacement is named
     if (stateless_ && !doneSent_) {
       // Down until the new server's hello: keep the last pulled copy, buffer from now on (the
       // outstanding push too: the dead server may not have applied it).
@@ -64,6 +73,7 @@ void PsClient::retarget(const Directory& d) {
       continue;
     }
     if (doneSent_) {  // finished: the new server must not wait for this client
+      if (d.rank[s] < 0) continue;  // (told once the replacement is named)
       pending_.push_back(t_.send(dir_.rank[s], doneHeader(s), nullptr));
       continue;
     }
@@ -92,6 +102,7 @@ int64_t PsClient::minVersion() const {
 }
 
 void PsClient::sendPull(int s) {
+  if (dir_.rank[s] < 0) return;  // a replacement is being started: sent once it is named
   pending_.push_back(t_.send(dir_.rank[s], header(MsgType::kPull, s, out_.clock), nullptr));
 }
 
@@ -102,6 +113,7 @@ void PsClient::sendPush(int s) {
   h.bytes = ranges_[s].size() * static_cast<int64_t>(sizeof(float));
   h.value = out_.loss;
   h.aux = stepMicros_;
+  if (dir_.rank[s] < 0) return;  // a replacement is being started: sent once it is named
   pending_.push_back(t_.send(dir_.rank[s], h, out_.grads + ranges_[s].lo));
   bytesSent_ += static_cast<double>(h.bytes);
 }

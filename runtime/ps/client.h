@@ -18,7 +18,8 @@ namespace phx::ps {
 // from which that rank serves it (replies of older epochs are not from it).
 struct Directory {
   int epoch = 0;
-  std::vector<int> rank;   // -1: the shard is lost (no one serves it)
+  std::vector<int> rank;   // -1: the shard is lost (no one serves it); kRespawningRank: a
+                           // replacement process is being started for it
   std::vector<int> since;
 };
 

@@ -12,6 +12,9 @@
 namespace phx::ps {
 
 enum class Role { kServer, kReplica, kSpare, kWorker };
+
+// The rank of a shard while a replacement process is being started for it (recovery/view.h).
+inline constexpr int kRespawningRank = -2;
 const char* roleName(Role r);
 
 struct KeyRange {

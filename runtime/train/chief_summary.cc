@@ -151,6 +151,7 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
     o.replacedBy = f.replacedBy;
     o.epoch = f.epoch;
     o.killTimeKnown = f.killUnix > 0;
+    o.spawned = f.spawned != 0;
     o.detectedBy = f.detectedBy == recovery::kDetectedByMpi ? "mpi" : "heartbeat";
     const double from = f.killUnix > 0 ? f.killUnix : f.lastHeardUnix;
     o.detectedMs = std::round((f.detectedUnix - from) * 1000.0);

@@ -48,7 +48,8 @@ void WorkerLoop::noteFailures(const recovery::View& v) {
         f.shard >= 0 ? detail::concat(" of shard ", f.shard) : std::string(), ") detected ",
         static_cast<int64_t>((f.detectedUnix - from) * 1000), " ms after ",
         f.killUnix > 0 ? "the kill" : "its last heartbeat",
-        f.shard >= 0 ? (f.replacedBy >= 0 ? detail::concat("; rank ", f.replacedBy, " takes over")
+        f.shard >= 0 ? (f.spawned ? std::string("; a replacement process takes over as rank ") + std::to_string(f.rank)
+                        : f.replacedBy >= 0 ? detail::concat("; rank ", f.replacedBy, " takes over")
                                           : std::string("; no spare left"))
                      : std::string("; training goes on without it"));
     if (isChief()) log::warn(line);
@@ -360,7 +361,9 @@ int workerThreads(int requested, int ranksOnNode) {
 }
 
 TrainResult runDistributed(const Config& cfg, transport::Transport& t,
-                           const data::FashionMnist* data, transport::Transport* detectorT) {
+                           const data::FashionMnist* data, transport::Transport* detectorT,
+                           const Membership* membership) {
+  const bool replacement = membership && membership->joinView;
   cfg.validate();
   const ps::RoleLayout layout(t.size(), cfg.servers, cfg.replicas, cfg.spares, cfg.groupSize);
   for (int r : cfg.straggleRanks())
@@ -369,8 +372,9 @@ TrainResult runDistributed(const Config& cfg, transport::Transport& t,
                      layout.firstWorkerRank(), "-", layout.worldSize() - 1, ")");
   const ps::Role role = layout.roleOf(t.rank());
   installStopSignal(role != ps::Role::kWorker);
-  log::setIdentity(t.rank(), ps::roleName(role), t.rank() == layout.chiefRank());
-  if (t.rank() == layout.chiefRank()) log::info(layout.describe());
+  log::setIdentity(t.rank(), replacement ? "replacement" : ps::roleName(role),
+                   !replacement && t.rank() == layout.chiefRank());
+  if (t.rank() == layout.chiefRank() && !replacement) log::info(layout.describe());
   policyOf(cfg);  // reject a bad --sync on every rank alike
   if (cfg.backupWorkers >= layout.groups())
     PHX_USER_ERROR("--backup-workers ", cfg.backupWorkers, " must be smaller than the ", layout.groups(),
@@ -390,13 +394,25 @@ TrainResult runDistributed(const Config& cfg, transport::Transport& t,
     det = std::make_unique<recovery::FailureDetector>(
         *detectorT, layout,
         recovery::DetectorOptions{cfg.heartbeatMs / 1000.0, cfg.failureTimeoutMs / 1000.0});
+    if (membership && membership->respawn) det->setRespawner(membership->respawn);
+    if (replacement) det->adopt(*membership->joinView);
     det->start();
     ft.det = det.get();
     ft.installHook();
   }
-  log::info("rank ", t.rank(), " pid ", getpid(), " role ", ps::roleName(role), ", recovery ", ft.mode);
+  log::info("rank ", t.rank(), " pid ", getpid(), " role ",
+            replacement ? "replacement" : ps::roleName(role), ", recovery ", ft.mode);
   TrainResult res;
-  if (role == ps::Role::kReplica && (ft.mode == "chain" || ft.mode == "hybrid")) {
+  if (replacement) {
+    // Started for a dead rank when no spare was left: it takes over like a spare (the view it
+    // joined at names its shard, or the chain it is the new tail of).
+    data::FashionMnist loaded;
+    if (!data) {
+      loaded = data::loadFashionMnist(cfg.dataDir);
+      data = &loaded;
+    }
+    runSpare(cfg, t, layout, *data, ft);
+  } else if (role == ps::Role::kReplica && (ft.mode == "chain" || ft.mode == "hybrid")) {
     data::FashionMnist loaded;
     if (!data) {
       loaded = data::loadFashionMnist(cfg.dataDir);

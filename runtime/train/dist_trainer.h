@@ -6,6 +6,7 @@
 // writes the summary JSON. Works over any Transport (MPI in jobs, in-process in tests).
 #pragma once
 
+#include "recovery/detector.h"
 #include "runtime/core/config.h"
 #include "runtime/data/fashion_mnist.h"
 #include "runtime/train/local_trainer.h"
@@ -17,9 +18,16 @@ namespace phx::train {
 // loaded only where needed: workers). Returns the summary on the chief, an empty result elsewhere.
 // detectorT: a second transport over the same ranks for the failure detector's thread (null:
 // no failure detection, as in the in-process tests of the protocol).
+// membership (optional): how replacements are started when no spare is left (null respawn:
+// never), and, in a replacement process, the view it joins at (it then takes over like a spare).
+struct Membership {
+  recovery::Respawner respawn;
+  const recovery::View* joinView = nullptr;
+};
 TrainResult runDistributed(const Config& cfg, transport::Transport& t,
                            const data::FashionMnist* data = nullptr,
-                           transport::Transport* detectorT = nullptr);
+                           transport::Transport* detectorT = nullptr,
+                           const Membership* membership = nullptr);
 
 // CPU threads a worker rank should use when --threads is 0: the cores of this node shared
 // among the ranks that compute on it, at least 1.

@@ -67,8 +67,12 @@ struct FtContext {
       throw transport::Excluded({main->rank()}, v.epoch,
                                    "this rank was declared failed by the others (frozen longer than "
                                    "--failure-timeout-ms?) and leaves the job");
-    for (int r = 0; r < static_cast<int>(v.alive.size()); ++r)
-      if (!v.alive[r]) main->markDead(r);
+    for (int r = 0; r < static_cast<int>(v.alive.size()); ++r) {
+      if (!v.alive[r])
+        main->markDead(r);
+      else
+        main->revive(r);  // a replacement process under a dead rank's number: its new route
+    }
     acked = v.epoch;
     chief = v.chiefRank(*layout);
     if (chief < 0)

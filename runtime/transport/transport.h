@@ -164,6 +164,9 @@ class Transport {
   // A rank declared dead: headers from it are dropped unread and sends to it are abandoned
   // (a large send to a dead rank would never complete).
   virtual void markDead(int rank) {}
+  // A rank alive in a newly installed view: if a replacement process was started under that
+  // number, messages to and from it take its new route from now on (mpi/; no-op elsewhere).
+  virtual void revive(int rank) {}
   // Ranks the communication library itself reported failed since the last call (ULFM's
   // MPIX_ERR_PROC_FAILED; never, with MPIs that do not report failures). The failure
   // detector declares them without waiting for the heartbeat timeout.

@@ -14,6 +14,11 @@ export OMP_WAIT_POLICY=PASSIVE
 # Open MPI 5: --with-ft ulfm), as an array: "${FT_FLAG[@]}".
 read -r -a FT_FLAG <<< "$("$(dirname "${BASH_SOURCE[0]}")/../../apps/scripts/mpirun_ft_flag.sh")"
 # Open MPI 5: a job's ranks and spawned replacements must also reach each other over TCP
-# (a spawned job is not reachable over shared memory alone; shared/infra-notes.md).
+# (a spawned job is not reachable over shared memory alone; shared/infra-notes.md), and TCP
+# must stay on loopback here (with every interface, 5.0.7's TCP component found "no reachable
+# pairing" between this machine's own addresses and every job failed at its first message).
 MPI_EXTRA=()
-if [ "${FT_FLAG[0]}" = "--with-ft" ]; then MPI_EXTRA=(--mca btl self,sm,tcp --mca btl_tcp_if_include lo); fi
+if [ "${FT_FLAG[0]}" = "--with-ft" ]; then
+  MPI_EXTRA=(--mca btl self,sm,tcp)
+  export OMPI_MCA_btl_tcp_if_include=lo
+fi

@@ -33,12 +33,73 @@ void mpiFail(const char* call, int rc, const char* file, int line) {
                        detail::concat(call, " failed on ", host, " rank ", rank, ": ", msg));
 }
 
-MpiTransport::MpiTransport(MPI_Comm comm) : comm_(comm) {
-  PHX_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
-  PHX_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
-  PHX_MPI_CHECK(MPI_Comm_size(comm_, &size_));
+namespace {
+int rankIn(MPI_Comm comm) {
+  int r = 0;
+  PHX_MPI_CHECK(MPI_Comm_rank(comm, &r));
+  return r;
+}
+std::vector<int> identityOf(MPI_Comm comm) {
+  int n = 0;
+  PHX_MPI_CHECK(MPI_Comm_size(comm, &n));
+  std::vector<int> v(n);
+  for (int i = 0; i < n; ++i) v[i] = i;
+  return v;
+}
+}  // namespace
+
+MpiTransport::MpiTransport(MPI_Comm comm) : MpiTransport(comm, rankIn(comm), identityOf(comm)) {}
+
+MpiTransport::MpiTransport(MPI_Comm comm, int logicalRank, const std::vector<int>& logicalOf) {
+  PHX_MPI_CHECK(MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN));
+  rank_ = logicalRank;
+  size_ = 0;
+  for (int l : logicalOf) size_ = std::max(size_, l + 1);
+  links_.push_back(Link{comm, logicalOf});
+  peerLink_.assign(size_, 0);
+  peerRank_.assign(size_, -1);
+  for (int c = 0; c < static_cast<int>(logicalOf.size()); ++c)
+    if (logicalOf[c] >= 0) peerRank_[logicalOf[c]] = c;
   dead_.assign(size_, 0);
   told_.assign(size_, 0);
+  for (int q = 0; q < size_; ++q)
+    if (peerRank_[q] < 0) dead_[q] = 1;  // not reachable from here (yet)
+}
+
+int MpiTransport::linkOf(MPI_Comm comm, const std::vector<int>& logicalOf) {
+  for (int i = 0; i < static_cast<int>(links_.size()); ++i)
+    if (links_[i].comm == comm) return i;
+  PHX_MPI_CHECK(MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN));
+  links_.push_back(Link{comm, logicalOf});
+  return static_cast<int>(links_.size()) - 1;
+}
+
+void MpiTransport::stageRoute(int logical, MPI_Comm comm, int rankThere,
+                              const std::vector<int>& logicalOf) {
+  std::lock_guard<std::mutex> lock(stagedMu_);
+  staged_.push_back(Staged{logical, comm, rankThere, logicalOf});
+}
+
+void MpiTransport::revive(int rank) {
+  std::vector<Staged> mine;
+  {
+    std::lock_guard<std::mutex> lock(stagedMu_);
+    for (auto it = staged_.begin(); it != staged_.end();) {
+      if (it->logical == rank) {
+        mine.push_back(std::move(*it));
+        it = staged_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (const Staged& st : mine) {
+    peerLink_[rank] = linkOf(st.comm, st.logicalOf);
+    peerRank_[rank] = st.rankThere;
+    dead_[rank] = 0;  // a new process under the dead one's number
+    told_[rank] = 0;
+    log::debug("rank ", rank, " is reached over a new communicator (rank ", st.rankThere, " there)");
+  }
 }
 
 int MpiTransport::destinationOf(SendId id) const {
@@ -88,11 +149,23 @@ SendId MpiTransport::send(int dst, const Header& h, const void* payload) {
     const SendId id = next_++;
     return id;
   }
-  PHX_MPI_CHECK(MPI_Isend(&slot->h, sizeof(Header), MPI_BYTE, dst, headerTag(h.type), comm_,
-                          &slot->req[0]));
-  if (h.bytes > 0)
-    PHX_MPI_CHECK(MPI_Isend(payload, static_cast<int>(h.bytes), MPI_BYTE, dst,
-                            payloadTag(h.type), comm_, &slot->req[1]));
+  const MPI_Comm comm = links_[peerLink_[dst]].comm;
+  const int to = peerRank_[dst];
+  // With ULFM a send to a process the library knows has failed fails at once: it goes to
+  // nobody, like a send to a rank declared dead (the detector hears of the failure).
+  int rc = MPI_Isend(&slot->h, sizeof(Header), MPI_BYTE, to, headerTag(h.type), comm, &slot->req[0]);
+  if (rc == MPI_SUCCESS && h.bytes > 0)
+    rc = MPI_Isend(payload, static_cast<int>(h.bytes), MPI_BYTE, to, payloadTag(h.type), comm,
+                   &slot->req[1]);
+  if (rc != MPI_SUCCESS) {
+    if (!failedProcess(rc)) mpiFail("MPI_Isend", rc, __FILE__, __LINE__);
+    for (MPI_Request& q : slot->req)
+      if (q != MPI_REQUEST_NULL) {
+        MPI_Cancel(&q);
+        MPI_Request_free(&q);
+      }
+    return next_++;
+  }
   const SendId id = next_++;
   sends_.emplace(id, std::move(slot));
   return id;
@@ -102,24 +175,44 @@ bool MpiTransport::sendDone(SendId id) {
   auto it = sends_.find(id);
   if (it == sends_.end()) return true;
   int flag = 0;
-  const int rc = MPI_Testall(2, it->second->req, &flag, MPI_STATUSES_IGNORE);
-  if (rc != MPI_SUCCESS && !failedProcess(rc)) mpiFail("MPI_Testall", rc, __FILE__, __LINE__);
+  MPI_Status st[2];
+  const int rc = MPI_Testall(2, it->second->req, &flag, st);
+  if (rc != MPI_SUCCESS) {
+    if (!failedProcess(rc)) mpiFail("MPI_Testall", rc, __FILE__, __LINE__);
+    // ULFM: the peer failed; the send went to nobody (as to a rank declared dead).
+    for (MPI_Request& q : it->second->req)
+      if (q != MPI_REQUEST_NULL) {
+        MPI_Cancel(&q);
+        MPI_Request_free(&q);
+      }
+    flag = 1;
+  }
   if (flag) sends_.erase(it);
   return flag != 0;
 }
 
 bool MpiTransport::poll(MsgType type, Header* h, int* src) {
+  for (int l = 0; l < static_cast<int>(links_.size()); ++l)
+    if (pollLink(l, type, h, src)) return true;
+  return false;
+}
+
+bool MpiTransport::pollLink(int link, MsgType type, Header* h, int* src) {
+  const MPI_Comm comm = links_[link].comm;
   int flag = 0;
   MPI_Message msg;
   MPI_Status st;
-  const int rc = MPI_Improbe(MPI_ANY_SOURCE, headerTag(type), comm_, &flag, &msg, &st);
+  const int rc = MPI_Improbe(MPI_ANY_SOURCE, headerTag(type), comm, &flag, &msg, &st);
   if (rc != MPI_SUCCESS) {
     if (failedProcess(rc)) return false;
     mpiFail("MPI_Improbe", rc, __FILE__, __LINE__);
   }
   if (!flag) return false;
-  if (dead_[st.MPI_SOURCE]) {
-    // From a rank declared dead: drop the header; its payload (if any) stays unread.
+  const std::vector<int>& lo = links_[link].logicalOf;
+  const int from = st.MPI_SOURCE < static_cast<int>(lo.size()) ? lo[st.MPI_SOURCE] : -1;
+  // From a rank declared dead, or from a predecessor of a peer that now lives on another
+  // link: drop the header; its payload (if any) stays unread.
+  if (from < 0 || dead_[from] || peerLink_[from] != link || peerRank_[from] != st.MPI_SOURCE) {
     int count = 0;
     MPI_Get_count(&st, MPI_BYTE, &count);
     std::vector<unsigned char> junk(count > 0 ? count : 1);
@@ -135,33 +228,46 @@ bool MpiTransport::poll(MsgType type, Header* h, int* src) {
     *h = Header{};
     h->magic = 0;
     h->type = type;
-    *src = st.MPI_SOURCE;
+    *src = from;
     return true;
   }
   PHX_MPI_CHECK(MPI_Mrecv(h, sizeof(Header), MPI_BYTE, &msg, MPI_STATUS_IGNORE));
-  *src = st.MPI_SOURCE;
+  *src = from;
   return true;
 }
 
 void MpiTransport::recvPayload(int src, MsgType type, void* dst, size_t bytes, double timeoutS) {
   if (bytes == 0) return;
   PHX_ENFORCE(bytes <= INT_MAX, "payload of ", bytes, " bytes exceeds one MPI message");
-  MPI_Request req;
-  PHX_MPI_CHECK(MPI_Irecv(dst, static_cast<int>(bytes), MPI_BYTE, src, payloadTag(type), comm_,
-                          &req));
+  PHX_ENFORCE(src >= 0 && src < size_, "payload from rank ", src, " of ", size_);
+  MPI_Request req = MPI_REQUEST_NULL;
+  const int posted = MPI_Irecv(dst, static_cast<int>(bytes), MPI_BYTE, peerRank_[src],
+                               payloadTag(type), links_[peerLink_[src]].comm, &req);
+  // ULFM: a receive from a failed process fails at once; wait for the view that says so.
+  if (posted != MPI_SUCCESS && !failedProcess(posted)) mpiFail("MPI_Irecv", posted, __FILE__, __LINE__);
   const auto deadline = Clock::now() + std::chrono::duration<double>(timeoutS);
   Backoff b;
   for (;;) {
     int flag = 0;
     MPI_Status st;
-    const int rc = MPI_Test(&req, &flag, &st);
-    if (rc != MPI_SUCCESS) {
-      if (!failedProcess(rc)) mpiFail("MPI_Test", rc, __FILE__, __LINE__);
-      flag = 0;
+    if (req != MPI_REQUEST_NULL) {
+      const int rc = MPI_Test(&req, &flag, &st);
+      if (rc != MPI_SUCCESS) {
+        if (!failedProcess(rc)) mpiFail("MPI_Test", rc, __FILE__, __LINE__);
+        flag = 0;
+        if (req != MPI_REQUEST_NULL) {  // a failed request is complete: nothing will arrive
+          MPI_Request_free(&req);
+          req = MPI_REQUEST_NULL;
+        }
+      }
     }
-    if (!flag && dead_[src]) {
+    auto drop = [&req] {
+      if (req == MPI_REQUEST_NULL) return;
       MPI_Cancel(&req);
       MPI_Request_free(&req);
+    };
+    if (!flag && dead_[src]) {
+      drop();
       throw ViewChanged(-1);
     }
     if (flag) {
@@ -174,13 +280,11 @@ void MpiTransport::recvPayload(int src, MsgType type, void* dst, size_t bytes, d
     try {
       checkInterrupt(src);
     } catch (...) {
-      MPI_Cancel(&req);
-      MPI_Request_free(&req);
+      drop();
       throw;
     }
     if (Clock::now() > deadline) {
-      MPI_Cancel(&req);
-      MPI_Request_free(&req);
+      drop();
       throw PeerFailure({src}, 0,
                         detail::concat("rank ", rank_, " waited ", timeoutS, " s for the ",
                                        msgTypeName(type), " payload of rank ", src,
@@ -192,17 +296,27 @@ void MpiTransport::recvPayload(int src, MsgType type, void* dst, size_t bytes, d
 
 bool MpiTransport::failedProcess(int rc) {
   if (!ulfm::isProcessFailure(rc)) return false;
-  for (int r : ulfm::failedRanks(comm_))
-    if (std::find(reported_.begin(), reported_.end(), r) == reported_.end()) reported_.push_back(r);
+  collectFailures();
   return true;
+}
+
+void MpiTransport::collectFailures() {
+  // The library's failed group of each link, in logical ranks; a rank counts only while its
+  // current route is on that link (the dead predecessor of a replacement stays failed there).
+  for (int l = 0; l < static_cast<int>(links_.size()); ++l) {
+    const std::vector<int>& lo = links_[l].logicalOf;
+    for (int c : ulfm::failedRanks(links_[l].comm)) {
+      const int q = c < static_cast<int>(lo.size()) ? lo[c] : -1;
+      if (q < 0 || peerLink_[q] != l || peerRank_[q] != c) continue;
+      if (std::find(reported_.begin(), reported_.end(), q) == reported_.end()) reported_.push_back(q);
+    }
+  }
 }
 
 std::vector<int> MpiTransport::reportedFailures() {
   // Ask the library (ULFM) which processes it knows have failed, even when no operation of
-  // ours involved them; each rank is reported once.
-  if (ulfm::kCompiled)
-    for (int r : ulfm::failedRanks(comm_))
-      if (std::find(reported_.begin(), reported_.end(), r) == reported_.end()) reported_.push_back(r);
+  // ours involved them; each incarnation of a rank is reported once.
+  if (ulfm::kCompiled) collectFailures();
   std::vector<int> out;
   for (int r : reported_)
     if (r >= 0 && r < size_ && !told_[r]) {

@@ -1,0 +1,270 @@
+#include "recovery/respawn.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <mutex>
+#include <thread>
+
+#include "runtime/core/error.h"
+#include "runtime/core/log.h"
+#include "runtime/transport/mpi/ulfm.h"
+
+namespace phx::recovery {
+
+namespace {
+
+constexpr int kTagBoot = 7;   // root -> new process: rank, map (ints)
+constexpr int kTagView = 8;   // root -> new process: the view it joins at (bytes)
+
+// Ends the process with a one-line error if the step it guards does not finish in time (a
+// collective that lost a member never returns with Open MPI 4.1).
+class Watchdog {
+ public:
+  Watchdog(double seconds, std::string what) : what_(std::move(what)) {
+    thread_ = std::thread([this, seconds] {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (!cv_.wait_for(lock, std::chrono::duration<double>(seconds), [this] { return done_; })) {
+        std::fprintf(stderr,
+                     "phoenix: error: %s did not finish within %.0f s (another failure during "
+                     "the rebuild?); this rank leaves; restart with --resume DIR\n",
+                     what_.c_str(), seconds);
+        std::fflush(nullptr);
+        _exit(3);
+      }
+    });
+  }
+  ~Watchdog() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  std::string what_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread thread_;
+};
+
+// This process's command line: the replacement runs the same `phoenix train ...`.
+std::vector<std::string> ownCommandLine() {
+  std::vector<std::string> out;
+  std::ifstream f("/proc/self/cmdline", std::ios::binary);
+  std::string arg;
+  while (std::getline(f, arg, '\0')) out.push_back(arg);
+  char exe[4096];
+  const ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n > 0 && !out.empty()) out[0] = std::string(exe, static_cast<size_t>(n));
+  return out;
+}
+
+uint32_t viewHash(const View& v) {
+  uint32_t h = 2166136261u;
+  auto mix = [&h](uint32_t x) {
+    for (int i = 0; i < 4; ++i) {
+      h ^= (x >> (8 * i)) & 0xff;
+      h *= 16777619u;
+    }
+  };
+  mix(static_cast<uint32_t>(v.epoch));
+  for (char a : v.alive) mix(static_cast<uint32_t>(a));
+  for (const Respawn& r : v.respawn) mix(static_cast<uint32_t>(r.rank * 131 + r.shard));
+  return h;
+}
+
+MPI_Comm dupReturning(MPI_Comm c) {
+  MPI_Comm d = MPI_COMM_NULL;
+  PHX_MPI_CHECK(MPI_Comm_dup(c, &d));
+  PHX_MPI_CHECK(MPI_Comm_set_errhandler(d, MPI_ERRORS_RETURN));
+  return d;
+}
+
+}  // namespace
+
+MpiRespawner::MpiRespawner(MPI_Comm base, std::vector<int> logicalOf, int me,
+                           transport::MpiTransport& det, transport::MpiTransport& train,
+                           std::vector<std::string> argv, double timeoutS)
+    : base_(base), logicalOf_(std::move(logicalOf)), me_(me), det_(det), train_(train),
+      argv_(argv.empty() ? ownCommandLine() : std::move(argv)), timeoutS_(timeoutS) {
+  MPI_Comm_set_errhandler(base_, MPI_ERRORS_RETURN);
+}
+
+bool MpiRespawner::launchCanSpawn() {
+  for (const char* v : {"OMPI_MCA_orte_enable_recovery", "OMPI_MCA_mpi_ft_enable"})
+    if (const char* s = std::getenv(v))
+      if (std::string(s) == "1" || std::string(s) == "true") return true;
+  return false;
+}
+
+bool MpiRespawner::respawn(const View& v, const View& next) {
+  if (v.respawn.empty()) return true;
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<int> members, baseRanks;
+  for (int r = 0; r < static_cast<int>(v.alive.size()); ++r) {
+    if (!v.alive[r]) continue;
+    int c = -1;
+    for (int i = 0; i < static_cast<int>(logicalOf_.size()); ++i)
+      if (logicalOf_[i] == r) c = i;
+    if (c < 0) {
+      log::error("respawn: rank ", r, " is alive in view ", v.epoch, " but not in the rebuild "
+                 "communicator; no replacement started");
+      return false;
+    }
+    members.push_back(r);
+    baseRanks.push_back(c);
+  }
+  std::string who;
+  for (const Respawn& p : v.respawn) who += detail::concat(who.empty() ? "" : ", ", p.rank);
+  Watchdog wd(timeoutS_, detail::concat("starting a replacement for rank ", who));
+
+  // 1. the survivors' communicator
+  MPI_Comm surv = MPI_COMM_NULL;
+  int rc = MPI_SUCCESS;
+#if PHX_HAVE_ULFM
+  // ULFM: shrink the rebuild communicator to the processes the MPI agrees are alive (Open MPI 5
+  // refuses MPI_Comm_create_group on a communicator with a failed process); it must be exactly
+  // the view's survivors, in order (a rank the heartbeats excluded while the MPI still sees it
+  // alive -- frozen -- holds the shrink up until it dies; the watchdog bounds that).
+  rc = MPIX_Comm_shrink(base_, &surv);
+  if (rc == MPI_SUCCESS && surv != MPI_COMM_NULL) {
+    MPI_Group sg = MPI_GROUP_NULL, bg = MPI_GROUP_NULL;
+    MPI_Comm_group(surv, &sg);
+    MPI_Comm_group(base_, &bg);
+    int ns = 0;
+    MPI_Group_size(sg, &ns);
+    std::vector<int> in(ns), out(ns);
+    for (int i = 0; i < ns; ++i) in[i] = i;
+    MPI_Group_translate_ranks(sg, ns, in.data(), bg, out.data());
+    MPI_Group_free(&sg);
+    MPI_Group_free(&bg);
+    if (out != baseRanks) {
+      log::error("respawn: the MPI's survivors (", ns, " processes) are not the view's (",
+                 baseRanks.size(), "); no replacement started");
+      MPI_Comm_free(&surv);
+      return false;
+    }
+  }
+#else
+  // Open MPI 4.1 (no ULFM): a communicator over the view's survivors, collective over them only.
+  MPI_Group all = MPI_GROUP_NULL, g = MPI_GROUP_NULL;
+  PHX_MPI_CHECK(MPI_Comm_group(base_, &all));
+  PHX_MPI_CHECK(MPI_Group_incl(all, static_cast<int>(baseRanks.size()), baseRanks.data(), &g));
+  rc = MPI_Comm_create_group(base_, g, v.epoch & 0x7fff, &surv);
+  MPI_Group_free(&g);
+  MPI_Group_free(&all);
+#endif
+  if (rc != MPI_SUCCESS || surv == MPI_COMM_NULL) {
+    log::error("respawn: the survivors' communicator could not be built (MPI error ", rc, ")");
+    return false;
+  }
+  MPI_Comm_set_errhandler(surv, MPI_ERRORS_RETURN);
+
+  // 2. every survivor acts on the same view
+  const uint32_t h = viewHash(v);
+  bool same = false;
+#if PHX_HAVE_ULFM
+  int a = static_cast<int>(h), b = static_cast<int>(~h);
+  const int ra = MPIX_Comm_agree(surv, &a);
+  const int rb = ra == MPI_SUCCESS ? MPIX_Comm_agree(surv, &b) : ra;
+  if (ra != MPI_SUCCESS || rb != MPI_SUCCESS) {
+    // a survivor failed meanwhile: the agreement says so on everyone; give this respawn up
+    // (the detector declares the new failure and the next view starts over)
+    MPI_Comm shrunk = transport::ulfm::revokeAndShrink(surv);
+    if (shrunk != MPI_COMM_NULL) MPI_Comm_free(&shrunk);
+    log::warn("respawn: a survivor failed during the agreement; no replacement started");
+    return false;
+  }
+  same = (static_cast<uint32_t>(a) | static_cast<uint32_t>(b)) == 0xffffffffu;
+#else
+  uint32_t hv[2] = {h, ~h};
+  rc = MPI_Allreduce(MPI_IN_PLACE, hv, 2, MPI_UINT32_T, MPI_BAND, surv);
+  if (rc != MPI_SUCCESS) return false;
+  same = (hv[0] | hv[1]) == 0xffffffffu;
+#endif
+  if (!same) {
+    log::error("respawn: the survivors disagree on view ", v.epoch, "; no replacement started");
+    return false;
+  }
+
+  // 3. spawn, merge, duplicate
+  const int k = static_cast<int>(v.respawn.size());
+  std::vector<char*> args;
+  for (size_t i = 1; i < argv_.size(); ++i) args.push_back(const_cast<char*>(argv_[i].c_str()));
+  args.push_back(nullptr);
+  MPI_Comm inter = MPI_COMM_NULL;
+  std::vector<int> errs(k, MPI_SUCCESS);
+  rc = MPI_Comm_spawn(argv_[0].c_str(), args.data(), k, MPI_INFO_NULL, 0, surv, &inter, errs.data());
+  if (rc != MPI_SUCCESS || inter == MPI_COMM_NULL) {
+    char msg[MPI_MAX_ERROR_STRING] = "";
+    int len = 0;
+    MPI_Error_string(rc, msg, &len);
+    log::error("respawn: MPI_Comm_spawn of ", argv_[0], " failed: ", msg,
+               " (spawning needs Open MPI's mpirun; under srun use --spares)");
+    return false;
+  }
+  MPI_Comm merged = MPI_COMM_NULL;
+  PHX_MPI_CHECK(MPI_Intercomm_merge(inter, 0, &merged));
+  MPI_Comm detC = dupReturning(merged), trainC = dupReturning(merged), baseC = dupReturning(merged);
+  std::vector<int> logicalOf = members;
+  for (const Respawn& p : v.respawn) logicalOf.push_back(p.rank);
+  const int n = static_cast<int>(members.size());
+  int mine = -1;
+  PHX_MPI_CHECK(MPI_Comm_rank(merged, &mine));
+  if (mine == 0) {
+    const std::vector<unsigned char> bytes = next.serialize();
+    for (int i = 0; i < k; ++i) {
+      std::vector<int> boot{v.respawn[i].rank, static_cast<int>(logicalOf.size())};
+      boot.insert(boot.end(), logicalOf.begin(), logicalOf.end());
+      PHX_MPI_CHECK(MPI_Send(boot.data(), static_cast<int>(boot.size()), MPI_INT, n + i, kTagBoot, baseC));
+      PHX_MPI_CHECK(MPI_Send(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, n + i, kTagView, baseC));
+    }
+  }
+  // 4. the new routes (taken when a view names the rank alive again)
+  for (int i = 0; i < k; ++i) {
+    det_.stageRoute(v.respawn[i].rank, detC, n + i, logicalOf);
+    train_.stageRoute(v.respawn[i].rank, trainC, n + i, logicalOf);
+  }
+  base_ = baseC;
+  logicalOf_ = logicalOf;
+  log::warn("started a replacement for rank ", who, " in ",
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), " s");
+  (void)me_;
+  return true;
+}
+
+MpiRespawner::Joined MpiRespawner::join(MPI_Comm parent, double timeoutS) {
+  Watchdog wd(timeoutS, "joining the job as a replacement");
+  MPI_Comm_set_errhandler(parent, MPI_ERRORS_RETURN);
+  MPI_Comm merged = MPI_COMM_NULL;
+  PHX_MPI_CHECK(MPI_Intercomm_merge(parent, 1, &merged));
+  Joined j;
+  j.det = dupReturning(merged);
+  j.train = dupReturning(merged);
+  j.base = dupReturning(merged);
+  MPI_Status st;
+  int count = 0;
+  PHX_MPI_CHECK(MPI_Probe(0, kTagBoot, j.base, &st));
+  PHX_MPI_CHECK(MPI_Get_count(&st, MPI_INT, &count));
+  std::vector<int> boot(count);
+  PHX_MPI_CHECK(MPI_Recv(boot.data(), count, MPI_INT, 0, kTagBoot, j.base, MPI_STATUS_IGNORE));
+  PHX_ENFORCE(count >= 2 && boot[1] == count - 2, "malformed replacement bootstrap");
+  j.rank = boot[0];
+  j.logicalOf.assign(boot.begin() + 2, boot.end());
+  PHX_MPI_CHECK(MPI_Probe(0, kTagView, j.base, &st));
+  PHX_MPI_CHECK(MPI_Get_count(&st, MPI_BYTE, &count));
+  std::vector<unsigned char> bytes(count);
+  PHX_MPI_CHECK(MPI_Recv(bytes.data(), count, MPI_BYTE, 0, kTagView, j.base, MPI_STATUS_IGNORE));
+  j.view = View::parse(bytes.data(), bytes.size());
+  return j;
+}
+
+}  // namespace phx::recovery
