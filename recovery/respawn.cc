@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -88,6 +89,77 @@ MPI_Comm dupReturning(MPI_Comm c) {
   return d;
 }
 
+// The survivors' communicator out of the rebuild communicator, ranks baseRanks of it, in order
+// (MPI_COMM_NULL on failure, logged).
+MPI_Comm survivorsComm(MPI_Comm base, const std::vector<int>& baseRanks, int epoch) {
+  MPI_Comm surv = MPI_COMM_NULL;
+  int rc = MPI_SUCCESS;
+  if (transport::ulfm::active()) {
+#if PHX_HAVE_ULFM
+    // ULFM: shrink to the processes the MPI agrees are alive (Open MPI 5 refuses
+    // MPI_Comm_create_group on a communicator that holds a failed process); it must be exactly
+    // the view's survivors, in order (a rank the heartbeats excluded while the MPI still sees
+    // it alive -- frozen -- holds the shrink up until it dies; the watchdog bounds that).
+    rc = MPIX_Comm_shrink(base, &surv);
+    if (rc == MPI_SUCCESS && surv != MPI_COMM_NULL) {
+      MPI_Group sg = MPI_GROUP_NULL, bg = MPI_GROUP_NULL;
+      MPI_Comm_group(surv, &sg);
+      MPI_Comm_group(base, &bg);
+      int ns = 0;
+      MPI_Group_size(sg, &ns);
+      std::vector<int> in(ns), out(ns);
+      for (int i = 0; i < ns; ++i) in[i] = i;
+      MPI_Group_translate_ranks(sg, ns, in.data(), bg, out.data());
+      MPI_Group_free(&sg);
+      MPI_Group_free(&bg);
+      if (out != baseRanks) {
+        log::error("respawn: the MPI's survivors (", ns, " processes) are not the view's (",
+                   baseRanks.size(), "); no replacement started");
+        MPI_Comm_free(&surv);
+        return MPI_COMM_NULL;
+      }
+    }
+#endif
+  } else {
+    // Open MPI 4.1 (no ULFM): a communicator over the view's survivors, collective over them.
+    MPI_Group all = MPI_GROUP_NULL, g = MPI_GROUP_NULL;
+    PHX_MPI_CHECK(MPI_Comm_group(base, &all));
+    PHX_MPI_CHECK(MPI_Group_incl(all, static_cast<int>(baseRanks.size()), baseRanks.data(), &g));
+    rc = MPI_Comm_create_group(base, g, epoch & 0x7fff, &surv);
+    MPI_Group_free(&g);
+    MPI_Group_free(&all);
+  }
+  if (rc != MPI_SUCCESS || surv == MPI_COMM_NULL) {
+    log::error("respawn: the survivors' communicator could not be built (MPI error ", rc, ")");
+    return MPI_COMM_NULL;
+  }
+  MPI_Comm_set_errhandler(surv, MPI_ERRORS_RETURN);
+  return surv;
+}
+
+// Whether every member of surv holds the same hash: the AND of it and of its complement.
+bool sameView(MPI_Comm surv, uint32_t h) {
+  if (transport::ulfm::active()) {
+#if PHX_HAVE_ULFM
+    int a = static_cast<int>(h), b = static_cast<int>(~h);
+    const int ra = MPIX_Comm_agree(surv, &a);
+    const int rb = ra == MPI_SUCCESS ? MPIX_Comm_agree(surv, &b) : ra;
+    if (ra != MPI_SUCCESS || rb != MPI_SUCCESS) {
+      // a survivor failed meanwhile: the agreement says so on everyone; give this respawn up
+      // (the detector declares the new failure and the next view starts over)
+      MPI_Comm shrunk = transport::ulfm::revokeAndShrink(surv);
+      if (shrunk != MPI_COMM_NULL) MPI_Comm_free(&shrunk);
+      log::warn("respawn: a survivor failed during the agreement; no replacement started");
+      return false;
+    }
+    return (static_cast<uint32_t>(a) | static_cast<uint32_t>(b)) == 0xffffffffu;
+#endif
+  }
+  uint32_t hv[2] = {h, ~h};
+  if (MPI_Allreduce(MPI_IN_PLACE, hv, 2, MPI_UINT32_T, MPI_BAND, surv) != MPI_SUCCESS) return false;
+  return (hv[0] | hv[1]) == 0xffffffffu;
+}
+
 }  // namespace
 
 MpiRespawner::MpiRespawner(MPI_Comm base, std::vector<int> logicalOf, int me,
@@ -108,88 +180,28 @@ bool MpiRespawner::launchCanSpawn() {
 bool MpiRespawner::respawn(const View& v, const View& next) {
   if (v.respawn.empty()) return true;
   const auto t0 = std::chrono::steady_clock::now();
+  // The survivors in the order of the rebuild communicator (after an earlier respawn that is
+  // not the order of the job's ranks: the merge puts the new processes last).
   std::vector<int> members, baseRanks;
-  for (int r = 0; r < static_cast<int>(v.alive.size()); ++r) {
-    if (!v.alive[r]) continue;
-    int c = -1;
-    for (int i = 0; i < static_cast<int>(logicalOf_.size()); ++i)
-      if (logicalOf_[i] == r) c = i;
-    if (c < 0) {
+  for (int r = 0; r < static_cast<int>(v.alive.size()); ++r)
+    if (v.alive[r] && std::find(logicalOf_.begin(), logicalOf_.end(), r) == logicalOf_.end()) {
       log::error("respawn: rank ", r, " is alive in view ", v.epoch, " but not in the rebuild "
                  "communicator; no replacement started");
       return false;
     }
-    members.push_back(r);
-    baseRanks.push_back(c);
-  }
+  for (int c = 0; c < static_cast<int>(logicalOf_.size()); ++c)
+    if (logicalOf_[c] >= 0 && v.isAlive(logicalOf_[c])) {
+      members.push_back(logicalOf_[c]);
+      baseRanks.push_back(c);
+    }
   std::string who;
   for (const Respawn& p : v.respawn) who += detail::concat(who.empty() ? "" : ", ", p.rank);
   Watchdog wd(timeoutS_, detail::concat("starting a replacement for rank ", who));
 
-  // 1. the survivors' communicator
-  MPI_Comm surv = MPI_COMM_NULL;
-  int rc = MPI_SUCCESS;
-#if PHX_HAVE_ULFM
-  // ULFM: shrink the rebuild communicator to the processes the MPI agrees are alive (Open MPI 5
-  // refuses MPI_Comm_create_group on a communicator with a failed process); it must be exactly
-  // the view's survivors, in order (a rank the heartbeats excluded while the MPI still sees it
-  // alive -- frozen -- holds the shrink up until it dies; the watchdog bounds that).
-  rc = MPIX_Comm_shrink(base_, &surv);
-  if (rc == MPI_SUCCESS && surv != MPI_COMM_NULL) {
-    MPI_Group sg = MPI_GROUP_NULL, bg = MPI_GROUP_NULL;
-    MPI_Comm_group(surv, &sg);
-    MPI_Comm_group(base_, &bg);
-    int ns = 0;
-    MPI_Group_size(sg, &ns);
-    std::vector<int> in(ns), out(ns);
-    for (int i = 0; i < ns; ++i) in[i] = i;
-    MPI_Group_translate_ranks(sg, ns, in.data(), bg, out.data());
-    MPI_Group_free(&sg);
-    MPI_Group_free(&bg);
-    if (out != baseRanks) {
-      log::error("respawn: the MPI's survivors (", ns, " processes) are not the view's (",
-                 baseRanks.size(), "); no replacement started");
-      MPI_Comm_free(&surv);
-      return false;
-    }
-  }
-#else
-  // Open MPI 4.1 (no ULFM): a communicator over the view's survivors, collective over them only.
-  MPI_Group all = MPI_GROUP_NULL, g = MPI_GROUP_NULL;
-  PHX_MPI_CHECK(MPI_Comm_group(base_, &all));
-  PHX_MPI_CHECK(MPI_Group_incl(all, static_cast<int>(baseRanks.size()), baseRanks.data(), &g));
-  rc = MPI_Comm_create_group(base_, g, v.epoch & 0x7fff, &surv);
-  MPI_Group_free(&g);
-  MPI_Group_free(&all);
-#endif
-  if (rc != MPI_SUCCESS || surv == MPI_COMM_NULL) {
-    log::error("respawn: the survivors' communicator could not be built (MPI error ", rc, ")");
-    return false;
-  }
-  MPI_Comm_set_errhandler(surv, MPI_ERRORS_RETURN);
-
-  // 2. every survivor acts on the same view
-  const uint32_t h = viewHash(v);
-  bool same = false;
-#if PHX_HAVE_ULFM
-  int a = static_cast<int>(h), b = static_cast<int>(~h);
-  const int ra = MPIX_Comm_agree(surv, &a);
-  const int rb = ra == MPI_SUCCESS ? MPIX_Comm_agree(surv, &b) : ra;
-  if (ra != MPI_SUCCESS || rb != MPI_SUCCESS) {
-    // a survivor failed meanwhile: the agreement says so on everyone; give this respawn up
-    // (the detector declares the new failure and the next view starts over)
-    MPI_Comm shrunk = transport::ulfm::revokeAndShrink(surv);
-    if (shrunk != MPI_COMM_NULL) MPI_Comm_free(&shrunk);
-    log::warn("respawn: a survivor failed during the agreement; no replacement started");
-    return false;
-  }
-  same = (static_cast<uint32_t>(a) | static_cast<uint32_t>(b)) == 0xffffffffu;
-#else
-  uint32_t hv[2] = {h, ~h};
-  rc = MPI_Allreduce(MPI_IN_PLACE, hv, 2, MPI_UINT32_T, MPI_BAND, surv);
-  if (rc != MPI_SUCCESS) return false;
-  same = (hv[0] | hv[1]) == 0xffffffffu;
-#endif
+  // 1. the survivors' communicator; 2. every survivor acts on the same view
+  MPI_Comm surv = survivorsComm(base_, baseRanks, v.epoch);
+  if (surv == MPI_COMM_NULL) return false;
+  const bool same = sameView(surv, viewHash(v));
   if (!same) {
     log::error("respawn: the survivors disagree on view ", v.epoch, "; no replacement started");
     return false;
@@ -202,7 +214,7 @@ bool MpiRespawner::respawn(const View& v, const View& next) {
   args.push_back(nullptr);
   MPI_Comm inter = MPI_COMM_NULL;
   std::vector<int> errs(k, MPI_SUCCESS);
-  rc = MPI_Comm_spawn(argv_[0].c_str(), args.data(), k, MPI_INFO_NULL, 0, surv, &inter, errs.data());
+  const int rc = MPI_Comm_spawn(argv_[0].c_str(), args.data(), k, MPI_INFO_NULL, 0, surv, &inter, errs.data());
   if (rc != MPI_SUCCESS || inter == MPI_COMM_NULL) {
     char msg[MPI_MAX_ERROR_STRING] = "";
     int len = 0;

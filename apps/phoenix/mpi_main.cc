@@ -43,7 +43,7 @@ int runUnderMpi(const std::function<void(int rank, int size)>& body) {
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm endComm = MPI_COMM_NULL;
-  if (transport::ulfm::kCompiled) MPI_Comm_dup(MPI_COMM_WORLD, &endComm);
+  if (transport::ulfm::active()) MPI_Comm_dup(MPI_COMM_WORLD, &endComm);
   int code = 0;
   bool excluded = false;
   try {

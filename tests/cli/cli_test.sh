@@ -35,6 +35,8 @@ expect_fail lr-abc "--lr" train --lr abc
 expect_fail bad-device "device" train --device tpu
 expect_fail bad-group-reduce "group-reduce" train --group-reduce shm --steps 1
 expect_fail group-reduce-cpu "--group-reduce nccl reduces on GPUs: use --device cuda" train --group-reduce nccl --device cpu --steps 1
+expect_fail bad-spawn "spawn" train --spawn maybe --steps 1
+expect_fail spawn-on-alone "--spawn on: this launch cannot start replacement processes" train --spawn on --steps 1
 expect_fail bad-eval-every "eval-every.*accepted" train --eval-every 1x --steps 1
 expect_fail missing-data-dir "data directory $TMP/none does not exist" train --data-dir "$TMP/none" --steps 1
 mkdir -p "$TMP/broken"

@@ -36,9 +36,13 @@ job() {
   echo "$out" > "$TMP/$name.log"
   echo "  $name: $((SECONDS - t0)) s"
   # Open MPI 4 with --enable-recovery always exits 0: the summary is the job's verdict.
-  # Open MPI 5: mpirun exits 137 once a spawned replacement was itself SIGKILLed (it watches
-  # spawned processes without --with-ft's tolerance); the job still ran to its summary.
-  if [ $rc -eq 137 ] && [ $ULFM = 1 ] && [ -s "$TMP/$name.json" ] && grep -q "started a replacement" "$TMP/$name.log"; then rc=0; fi
+  # Open MPI 5.0.7: after a spawn mpirun's status is not the job's (137 once a spawned
+  # replacement was itself SIGKILLed, 1 with "LAUNCHER JOB OBJECT NOT FOUND" after a replacement
+  # spawned another); the job ran to its summary, whose counters are checked below.
+  if [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $ULFM = 1 ] && [ -s "$TMP/$name.json" ] &&
+     grep -q "started a replacement" "$TMP/$name.log"; then
+    echo "  $name: mpirun exit $rc after a spawn (Open MPI 5), summary written"; rc=0
+  fi
   if [ $rc -ne 0 ] || [ ! -s "$TMP/$name.json" ]; then bad "$name: rc $rc: $(tail -20 "$TMP/$name.log")"; return 1; fi
   return 0
 }

@@ -117,6 +117,58 @@ TEST(View, ChainPromotesTheFirstBackupAndASpareJoinsTheTail) {
   EXPECT_EQ(p.shardRank, m.shardRank);
 }
 
+TEST(View, NoSpareLeftAsksForAReplacementUnderTheDeadRanksNumber) {
+  const std::vector<double> none(6, 0.0);
+  {  // checkpoint/stateless layout: server 0, workers 1..5, no spare
+    ps::RoleLayout layout(6, 1, 0, 0, 1);
+    const recovery::View v = recovery::initialView(layout);
+    EXPECT_EQ(recovery::nextView(v, layout, {0}, 1, 1.0, none, none).shardRank[0], -1);
+    const recovery::View n = recovery::nextView(v, layout, {0}, 1, 1.0, none, none, true);
+    EXPECT_EQ(n.shardRank[0], recovery::kRespawning);
+    ASSERT_EQ(n.respawn.size(), 1u);
+    EXPECT_EQ(n.respawn[0].rank, 0);
+    EXPECT_EQ(n.respawn[0].shard, 0);
+    EXPECT_EQ(n.respawn[0].asTail, 0);
+    ASSERT_EQ(n.failures.size(), 1u);
+    EXPECT_EQ(n.failures[0].spawned, 1);
+    EXPECT_EQ(n.failures[0].replacedBy, 0);
+    // the view survives serialisation with its respawn list
+    const auto bytes = n.serialize();
+    const recovery::View p = recovery::View::parse(bytes.data(), bytes.size());
+    ASSERT_EQ(p.respawn.size(), 1u);
+    EXPECT_EQ(p.respawn[0].rank, 0);
+    // started: the rank is alive again and serves the shard, still since the failure's epoch
+    const recovery::View up = recovery::afterRespawn(n, 1, true);
+    EXPECT_EQ(up.epoch, n.epoch + 1);
+    EXPECT_TRUE(up.isAlive(0));
+    EXPECT_EQ(up.shardRank[0], 0);
+    EXPECT_EQ(up.shardSince[0], n.epoch);
+    EXPECT_TRUE(up.respawn.empty());
+    // not started: the shard is lost
+    const recovery::View lost = recovery::afterRespawn(n, 1, false);
+    EXPECT_FALSE(lost.isAlive(0));
+    EXPECT_EQ(lost.shardRank[0], -1);
+    // the replacement dies too: a second replacement, one spawn per kill
+    const recovery::View again = recovery::nextView(up, layout, {0}, 1, 2.0, none, none, true);
+    ASSERT_EQ(again.respawn.size(), 1u);
+    EXPECT_EQ(again.failures.size(), 2u);
+  }
+  {  // chain: head 0, backup 1, workers 2..5, no spare: promotion, and a new tail is spawned
+    ps::RoleLayout layout(6, 1, 1, 0, 1);
+    const recovery::View v = recovery::initialView(layout);
+    const recovery::View n = recovery::nextView(v, layout, {0}, 2, 1.0, none, none, true);
+    EXPECT_EQ(n.shardRank[0], 1);
+    EXPECT_EQ(n.failures[0].promoted, 1);
+    ASSERT_EQ(n.respawn.size(), 1u);
+    EXPECT_EQ(n.respawn[0].rank, 0);
+    EXPECT_EQ(n.respawn[0].asTail, 1);
+    const recovery::View up = recovery::afterRespawn(n, 2, true);
+    EXPECT_EQ(up.shardRank[0], 1);
+    EXPECT_EQ(up.backups[0], (std::vector<int>{0}));
+    EXPECT_EQ(up.successorOf(0, 1), 0);
+  }
+}
+
 // A transport that passes everything through and lets a test play the MPI library reporting a
 // failed process (ULFM's MPIX_ERR_PROC_FAILED), the detector's second source.
 class ReportingTransport final : public transport::Transport {

@@ -186,9 +186,16 @@ TEST(Asp, NeverBlocksAWorkerOnAnother) {
   Job job(1, 2, "asp", 0, 8);
   std::atomic<bool> fastDone{false};
   std::atomic<bool> waitedTooLong{false};
+  std::atomic<bool> slowStarted{false};
   job.run([&](int w, ps::PsClient& c) {
     std::vector<float> params(8), grad(8, 0.01f);
     c.pull(0, params.data());
+    // both start from the same weights (on a loaded machine worker 0 could otherwise finish
+    // before worker 1 even pulled, and nothing would be stale)
+    if (w == 1) slowStarted = true;
+    const auto start = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (w == 0 && !slowStarted && std::chrono::steady_clock::now() < start)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
     for (int64_t k = 0; k < kSteps; ++k) {
       if (w == 1 && k == 1) {
         const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);

@@ -178,7 +178,13 @@ bool MpiTransport::sendDone(SendId id) {
   MPI_Status st[2];
   const int rc = MPI_Testall(2, it->second->req, &flag, st);
   if (rc != MPI_SUCCESS) {
-    if (!failedProcess(rc)) mpiFail("MPI_Testall", rc, __FILE__, __LINE__);
+    // MPI_ERR_IN_STATUS: the per-request errors say why (ULFM: a peer failed)
+    bool peerFailed = failedProcess(rc);
+    if (rc == MPI_ERR_IN_STATUS)
+      for (const MPI_Status& x : st)
+        if (x.MPI_ERROR != MPI_SUCCESS && x.MPI_ERROR != MPI_ERR_PENDING && failedProcess(x.MPI_ERROR))
+          peerFailed = true;
+    if (!peerFailed) mpiFail("MPI_Testall", rc, __FILE__, __LINE__);
     // ULFM: the peer failed; the send went to nobody (as to a rank declared dead).
     for (MPI_Request& q : it->second->req)
       if (q != MPI_REQUEST_NULL) {
@@ -316,7 +322,7 @@ void MpiTransport::collectFailures() {
 std::vector<int> MpiTransport::reportedFailures() {
   // Ask the library (ULFM) which processes it knows have failed, even when no operation of
   // ours involved them; each incarnation of a rank is reported once.
-  if (ulfm::kCompiled) collectFailures();
+  if (ulfm::active()) collectFailures();
   std::vector<int> out;
   for (int r : reported_)
     if (r >= 0 && r < size_ && !told_[r]) {

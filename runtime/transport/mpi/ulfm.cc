@@ -1,6 +1,18 @@
 #include "runtime/transport/mpi/ulfm.h"
 
+#include <cstdlib>
+#include <cstring>
+
 namespace phx::transport::ulfm {
+
+bool active() {
+  static const bool on = [] {
+    if (!kCompiled) return false;
+    const char* v = std::getenv("OMPI_MCA_mpi_ft_enable");
+    return v && (std::strcmp(v, "1") == 0 || std::strcmp(v, "true") == 0);
+  }();
+  return on;
+}
 
 #if PHX_HAVE_ULFM
 

@@ -31,6 +31,10 @@
 namespace phx::transport::ulfm {
 
 inline constexpr bool kCompiled = PHX_HAVE_ULFM != 0;
+// Compiled and enabled for this launch (Open MPI 5: `mpirun --with-ft ulfm` sets
+// OMPI_MCA_mpi_ft_enable=1; without it the ULFM calls are not to be used: a job launched without
+// fault tolerance ends at the first death anyway).
+bool active();
 
 // Whether an MPI return code reports a failed process or a revoked communicator.
 bool isProcessFailure(int rc);
