@@ -133,7 +133,7 @@ job stateless-overflow 6 --servers 1 --spares 1 --sync asp --recovery stateless 
 #     kills in a row cost one spawn each.
 spawned() {
   local name=$1 n=$2 got
-  check "$name" "len(f) == $n and s['steps_completed'] == 150 and s['final_test_accuracy'] > 0.6"
+  check "$name" "len(f) == $n and s['steps_completed'] == s['steps'] and s['final_test_accuracy'] > 0.6"
   # each replacement logs once that it takes its shard over or joins its chain's tail
   got=$(grep -c "replacement e[0-9]*\] WARN: .*\(takes over shard\|joins the tail\)" "$TMP/$name.log")
   if [ "$got" = "$n" ]; then ok; else bad "$name: $got replacement(s) took over, expected $n"; fi
@@ -153,8 +153,10 @@ job spawn-chain 6 --servers 1 --replicas 1 --spares 0 --sync bsp --recovery chai
 k1=$((15 + RANDOM % 10)); k2=$((k1 + 90))
 job spawn-chain-2 6 --servers 1 --replicas 1 --spares 0 --sync bsp --recovery chain --chain-mode sync --kill-server $k1,$k2 &&
   survived spawn-chain-2 2 chain-sync && spawned spawn-chain-2 2
+# (300 steps: the workers train on locally while the replacement starts, about 1-1.7 s, which
+# is most of a 150-step job; its backlog, applied in one step, then dominates the accuracy)
 k1=$((20 + RANDOM % 50))
-job spawn-stateless 5 --servers 1 --spares 0 --sync asp --recovery stateless --kill-server $k1 &&
+job spawn-stateless 5 --servers 1 --spares 0 --sync asp --recovery stateless --steps 300 --kill-server $k1 &&
   survived spawn-stateless 1 stateless && spawned spawn-stateless 1 &&
   check spawn-stateless "f[0]['spawned']"
 # --spawn off: without a spare the shard is lost and the job ends with one clear line.

@@ -18,6 +18,14 @@ constexpr int kPayloadTagBase = 100;
 int headerTag(MsgType t) { return static_cast<int>(t); }
 int payloadTag(MsgType t) { return kPayloadTagBase + static_cast<int>(t); }
 using Clock = std::chrono::steady_clock;
+// Cancels and frees a send's requests (to a dead peer: they would never complete).
+void abandon(MPI_Request (&req)[2]) {
+  for (MPI_Request& r : req)
+    if (r != MPI_REQUEST_NULL) {
+      MPI_Cancel(&r);
+      MPI_Request_free(&r);
+    }
+}
 }  // namespace
 
 void mpiFail(const char* call, int rc, const char* file, int line) {
@@ -117,11 +125,7 @@ void MpiTransport::markDead(int rank) {
       ++it;
       continue;
     }
-    for (MPI_Request& r : it->second->req)
-      if (r != MPI_REQUEST_NULL) {
-        MPI_Cancel(&r);
-        MPI_Request_free(&r);
-      }
+    abandon(it->second->req);
     it = sends_.erase(it);
   }
 }
@@ -129,12 +133,7 @@ void MpiTransport::markDead(int rank) {
 MpiTransport::~MpiTransport() {
   // Sends still pending at teardown go to ranks that stopped listening (or died): cancel them
   // rather than wait, and never throw from here.
-  for (auto& [id, s] : sends_)
-    for (MPI_Request& r : s->req)
-      if (r != MPI_REQUEST_NULL) {
-        MPI_Cancel(&r);
-        MPI_Request_free(&r);
-      }
+  for (auto& [id, s] : sends_) abandon(s->req);
   if (!sends_.empty()) log::debug("transport closed with ", sends_.size(), " sends pending");
 }
 
@@ -159,11 +158,7 @@ SendId MpiTransport::send(int dst, const Header& h, const void* payload) {
                    &slot->req[1]);
   if (rc != MPI_SUCCESS) {
     if (!failedProcess(rc)) mpiFail("MPI_Isend", rc, __FILE__, __LINE__);
-    for (MPI_Request& q : slot->req)
-      if (q != MPI_REQUEST_NULL) {
-        MPI_Cancel(&q);
-        MPI_Request_free(&q);
-      }
+    abandon(slot->req);
     return next_++;
   }
   const SendId id = next_++;
@@ -186,11 +181,7 @@ bool MpiTransport::sendDone(SendId id) {
           peerFailed = true;
     if (!peerFailed) mpiFail("MPI_Testall", rc, __FILE__, __LINE__);
     // ULFM: the peer failed; the send went to nobody (as to a rank declared dead).
-    for (MPI_Request& q : it->second->req)
-      if (q != MPI_REQUEST_NULL) {
-        MPI_Cancel(&q);
-        MPI_Request_free(&q);
-      }
+    abandon(it->second->req);
     flag = 1;
   }
   if (flag) sends_.erase(it);
