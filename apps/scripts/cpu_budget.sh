@@ -57,7 +57,7 @@ case "${1:-}" in
 check) check ;;
 run)
   shift
-  PHX_BUDGETS="" PHX_BUDGET_DEFAULT=1 PERIOD=100000
+  PHX_BUDGETS="" PHX_BUDGET_DEFAULT=1 PERIOD=10000
   while [ $# -gt 0 ]; do
     case "$1" in
       --budgets) PHX_BUDGETS=$2; shift 2 ;;
@@ -98,7 +98,7 @@ exec)
   [ $# -gt 0 ] || { echo "cpu_budget: exec needs a command" >&2; exit 2; }
   [ -n "${PHX_BUDGET_CGROUP:-}" ] || exec "$@"   # not under `run`: no budget
   rank=${OMPI_COMM_WORLD_RANK:-${PMIX_RANK:-${SLURM_PROCID:-0}}}
-  PERIOD=${PHX_BUDGET_PERIOD:-100000}
+  PERIOD=${PHX_BUDGET_PERIOD:-10000}
   G="$PHX_BUDGET_CGROUP/rank$rank"
   mkdir -p "$G"
   echo "$PERIOD" > "$G/cpu.cfs_period_us"
