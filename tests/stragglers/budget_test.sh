@@ -2,7 +2,7 @@
 # Per-rank CPU budgets (apps/scripts/cpu_budget.sh, ctest label `stragglers`): the emulation of
 # a heterogeneous cluster is checked first, then training under it.
 #  1. a rank with budget b computes at b / b_full of its unconstrained speed (phoenix bench
-#     kernels, one thread, budgets 1, 0.5, 0.33 on an otherwise idle machine, within 35 %: the idle
+#     kernels, one thread, budgets 1, 0.5, 0.33 on an otherwise idle machine, best of 3, within 30 %: the idle
 #     capacity is not taken);
 #  2. EPSP with one worker at a third of the others' budget (no --straggle) trains every sample
 #     exactly once, moves shards, and its projection names that worker a straggler far more
@@ -19,23 +19,26 @@ if ! out=$("$BUDGET" check 2>&1); then echo "budget tests skipped: $out"; exit 7
 before=$(ls -d /sys/fs/cgroup/cpu/phoenix-budget-* 2>/dev/null | wc -l)
 
 # 1. speed against budget
-rate() {  # rate CORES: samples/s of the mlp, batch 32, 1 thread, under that budget (best of 2)
-  local i best=0 r
-  for i in 1 2; do
-    timeout 60 "$BUDGET" run --budgets "0:$1" -- "$BUDGET" exec "$PHX" bench kernels --models mlp \
-      --batches 32 --threads 1 --seconds 2 --json "$TMP/rate-$1.json" > /dev/null 2>&1 || continue
-    r=$(/usr/bin/python3 -c "import json; print(json.load(open('$TMP/rate-$1.json'))[0]['samples_per_s'])")
-    best=$(/usr/bin/python3 -c "print(max($best, $r))")
-  done
-  echo "$best"
+once() {  # once CORES: samples/s of the mlp, batch 32, 1 thread, under that budget
+  timeout 60 "$BUDGET" run --budgets "0:$1" -- "$BUDGET" exec "$PHX" bench kernels --models mlp \
+    --batches 32 --threads 1 --seconds 1.5 --json "$TMP/rate-$1.json" > /dev/null 2>&1 || { echo 0; return; }
+  /usr/bin/python3 -c "import json; print(json.load(open('$TMP/rate-$1.json'))[0]['samples_per_s'])"
 }
-full=$(rate 1)
+# three interleaved rounds, the best of each budget (this VM's noise only ever slows a run down)
+declare -A best=([1]=0 [0.5]=0 [0.33]=0)
+for round in 1 2 3; do
+  for b in 1 0.5 0.33; do
+    r=$(once $b)
+    best[$b]=$(/usr/bin/python3 -c "print(max(${best[$b]}, $r))")
+  done
+done
+full=${best[1]}
 for b in 0.5 0.33; do
-  r=$(rate $b)
-  if /usr/bin/python3 -c "import sys; f, r, b = $full, $r, $b; x = r / f; print(f'  budget {b}: {r:.0f} samples/s, {x:.3f} of {f:.0f} (expected {b})'); sys.exit(0 if abs(x - b) <= 0.35 * b else 1)"; then
+  r=${best[$b]}
+  if /usr/bin/python3 -c "import sys; f, r, b = $full, $r, $b; x = r / f; print(f'  budget {b}: {r:.0f} samples/s, {x:.3f} of {f:.0f} (expected {b})'); sys.exit(0 if abs(x - b) <= 0.3 * b else 1)"; then
     ok
   else
-    bad "budget $b: $r samples/s against $full at budget 1 (expected ${b}x within 35 %)"
+    bad "budget $b: $r samples/s against $full at budget 1 (expected ${b}x within 30 %)"
   fi
 done
 
