@@ -7,7 +7,7 @@ PHX := $(BUILD)/bin/phoenix
 RUN_DIR ?= phoenix-run
 
 
-.PHONY: all deps build run run-local test-fault test-ulfm gpu-pack test test-unit bench bench-torch bench-runtime bench-recovery bench-micro stragglers recovery-experiment recovery-1worker failures-stragglers cost-table accuracy clean
+.PHONY: all deps build run run-local test-fault test-ulfm gpu-pack stragglers-sleep test test-unit bench bench-torch bench-runtime bench-recovery bench-micro stragglers recovery-experiment recovery-1worker failures-stragglers cost-table accuracy clean
 
 all: build
 
@@ -70,10 +70,14 @@ bench-torch: build
 bench-runtime: build
 	apps/scripts/bench_runtime.sh $(PHX)
 
-# The straggler experiment (issue 5): every policy x fixed/random stragglers x 3 seeds on the cnn;
-# table and plot in docs/results/stragglers (long: about 35 minutes on 2 cores).
+# The straggler experiment: every policy x a fixed 3x and transient stragglers (per-rank CPU budgets, root) x 3 seeds on the cnn;
+# table and plot in docs/results/stragglers-budget (long: about 40 minutes on 2 cores).
 stragglers: build
-	/usr/bin/python3 apps/scripts/straggler_experiment.py --phoenix $(PHX) --out docs/results/stragglers
+	/usr/bin/python3 apps/scripts/straggler_experiment.py --phoenix $(PHX) --out docs/results/stragglers-budget
+
+# The same with the older sleep emulation (--straggle: the straggler hands its CPU to the others).
+stragglers-sleep: build
+	/usr/bin/python3 apps/scripts/straggler_experiment.py --phoenix $(PHX) --emulation sleep --out docs/results/stragglers
 
 # Paper A reproduced (issue 6): every recovery mode x one/two kills x 20 s / no downtime, 220 s
 # per run; table and figures in docs/results/recovery (long: about 2 hours on 2 cores).

@@ -1,8 +1,15 @@
 #!/usr/bin/python3
-"""The straggler experiment of issue 5: every consistency policy on the Fashion-MNIST cnn with
-4 workers, once with one worker slowed 3x (`--straggle`) and once with transient stragglers
-(`--straggle-random`), several seeds each; the median wall time to reach the target test
-accuracy and the final accuracy, as a markdown table and a PNG plot.
+"""The straggler experiment (the Falcon paper's comparison): every consistency policy on the
+Fashion-MNIST cnn with 4 workers, once with one worker slowed 3x and once with transient
+stragglers, several seeds each; the median wall time to reach the target test accuracy and the
+final accuracy, as a markdown table and a PNG plot.
+
+Emulation (--emulation): `budget` (default) gives every rank its own CPU budget (a cgroup CPU
+quota, apps/scripts/cpu_budget.sh; root): the machine's cores split evenly over the ranks, the
+straggler at 1/FACTOR of that, so a straggler's slowness frees nothing for the others, as on a
+cluster; transient stragglers are windows in which one worker's budget drops (each worker once,
+in turn, --window seconds). `sleep` is the older emulation (`--straggle` / `--straggle-random`:
+the straggler sleeps (FACTOR-1) x its compute time, handing its CPU to the others).
 
   /usr/bin/python3 apps/scripts/straggler_experiment.py --phoenix build/bin/phoenix \
       --out docs/results/stragglers
@@ -34,22 +41,35 @@ POLICIES = {
 DEFAULT_POLICIES = ["bsp", "ssp", "syncopt", "flexrr", "consgd", "dynsgd", "epsp-enforced", "epsp-slack"]
 
 
-def settings(workers, factor, prob):
-    # The straggler is the last worker rank (rank 0 is the server).
-    return {
-        "fixed": ["--straggle", f"{workers}:{factor}"],
-        "random": ["--straggle-random", f"{prob}:{factor}"],
-    }
+BUDGET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_budget.sh")
+
+
+def settings(a):
+    # The straggler is the last worker rank (rank 0 is the server). Sleep emulation: phoenix
+    # flags; budget emulation: the cpu_budget.sh spec (ranks not named get the even share).
+    workers, factor = a.workers, a.factor
+    if a.emulation == "sleep":
+        return {"fixed": {"flags": ["--straggle", f"{workers}:{factor}"]},
+                "random": {"flags": ["--straggle-random", f"{a.prob}:{factor}"]}}
+    share = (os.cpu_count() or 2) / (workers + 1)
+    slow = share / factor
+    windows = ",".join(f"{r}:{slow:.4f}@{a.window * (2 * (r - 1)) + 2:g}-{a.window * (2 * (r - 1) + 1) + 2:g}"
+                       for r in range(1, workers + 1))
+    return {"fixed": {"flags": [], "budgets": f"{workers}:{slow:.4f}", "share": share},
+            "transient": {"flags": [], "budgets": windows, "share": share}}
 
 
 def run_job(a, name, policy, setting_flags, seed):
     base = os.path.join(a.out, "runs", f"{name}-{policy}-s{seed}")
     os.makedirs(os.path.dirname(base), exist_ok=True)
-    cmd = (["mpirun", "--oversubscribe", "--bind-to", "none", "-n", str(a.workers + 1), a.phoenix,
-            "train", "--servers", "1", "--model", a.model, "--epochs", str(a.epochs), "--threads", "1",
+    launch = ["mpirun", "--oversubscribe", "--bind-to", "none", "-n", str(a.workers + 1)]
+    if "budgets" in setting_flags:
+        launch = ([BUDGET, "run", "--budgets", setting_flags["budgets"], "--default",
+                   f"{setting_flags['share']:.4f}", "--"] + launch + [BUDGET, "exec"])
+    cmd = (launch + [a.phoenix, "train", "--servers", "1", "--model", a.model, "--epochs", str(a.epochs), "--threads", "1",
             "--seed", str(seed), "--eval-every", a.eval_every, "--log-level", "warn",
             "--metrics", base + ".csv", "--summary", base + ".json"]
-           + POLICIES[policy] + setting_flags)
+           + POLICIES[policy] + setting_flags["flags"])
     if a.steps:
         cmd += ["--steps", str(a.steps)]
     cmd += a.extra.split()
@@ -80,7 +100,7 @@ def main():
     ap.add_argument("--phoenix", required=True)
     ap.add_argument("--out", default="docs/results/stragglers")
     ap.add_argument("--policies", default=",".join(DEFAULT_POLICIES))
-    ap.add_argument("--settings", default="fixed,random")
+    ap.add_argument("--settings", default="", help="default: fixed,transient (budget) or fixed,random (sleep)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--model", default="cnn")
@@ -88,7 +108,11 @@ def main():
     ap.add_argument("--steps", type=int, default=0, help="per worker (0: --epochs); for smoke runs")
     ap.add_argument("--target", type=float, default=0.85)
     ap.add_argument("--factor", type=float, default=3.0)
-    ap.add_argument("--prob", type=float, default=0.1, help="--straggle-random probability")
+    ap.add_argument("--prob", type=float, default=0.1, help="--straggle-random probability (sleep emulation)")
+    ap.add_argument("--emulation", choices=["budget", "sleep"], default="budget",
+                    help="budget: per-rank CPU quotas (root); sleep: the straggler sleeps")
+    ap.add_argument("--window", type=float, default=5.0,
+                    help="budget emulation, transient stragglers: seconds each worker is slowed, in turn")
     ap.add_argument("--eval-every", default="2s")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--extra", default="", help="further phoenix train flags for every job")
@@ -100,7 +124,9 @@ def main():
     results = {}
     if (a.merge or a.report_only) and os.path.exists(os.path.join(a.out, "results.json")):
         results = json.load(open(os.path.join(a.out, "results.json")))
-    all_settings = settings(a.workers, a.factor, a.prob)
+    all_settings = settings(a)
+    if not a.settings:
+        a.settings = ",".join(all_settings)
     for name in ([] if a.report_only else a.settings.split(",")):
         for policy in a.policies.split(","):
             if policy not in POLICIES:
@@ -158,7 +184,7 @@ def main():
             r = sorted(ok, key=lambda r: r["final"])[len(ok) // 2]  # the median seed's curve
             ax.plot([t for t, _ in r["curve"]], [acc for _, acc in r["curve"]], label=policy)
         ax.axhline(a.target, color="grey", linestyle=":", linewidth=1)
-        ax.set_title(f"{name} stragglers ({a.workers} workers, factor {a.factor:g})")
+        ax.set_title(f"{name} stragglers ({a.workers} workers, factor {a.factor:g}, {a.emulation})")
         ax.set_xlabel("wall time (s)")
         ax.set_ylabel("test accuracy")
         ax.legend(fontsize=8)

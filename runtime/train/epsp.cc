@@ -183,6 +183,19 @@ void ShardEngine::plan(double median) {
   int p = active_;
   if (elastic_ && median > 0 && perSample_ > 0)
     p = static_cast<int>(std::lround(singleLaneSeconds() / median));
+  // CPU lanes beyond the cores a CPU quota leaves this rank add nothing but overhead, and they
+  // would start the very shards that pioneers could take over (a straggler held to 0.13 core
+  // would run all K shards "in parallel" on it, leaving none to transfer).
+  if (cpu_) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now - capacityAt_ > std::chrono::seconds(1)) {
+      capacityAt_ = now;
+      const double quota = cpuQuotaCores();
+      capacity_ = quota > 0 ? std::max(1, static_cast<int>(quota / std::max(1, threads_) + 0.5))
+                            : static_cast<int>(lanes_.size());
+    }
+    p = std::min(p, capacity_);
+  }
   p = std::clamp(p, 1, static_cast<int>(lanes_.size()));
   std::lock_guard<std::mutex> lk(mu_);
   active_ = p;

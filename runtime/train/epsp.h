@@ -136,6 +136,8 @@ class ShardEngine {
   std::condition_variable work_, idle_;
   std::deque<ShardTask> queue_;
   int inflight_ = 0, ready_ = 0, active_ = 1;
+  int capacity_ = 1;  // lanes a CPU quota leaves room for (cpuQuotaCores(), re-read every second)
+  std::chrono::steady_clock::time_point capacityAt_{};
   bool stop_ = false;
   uint64_t version_ = 0;
   const float* params_ = nullptr;

@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <csignal>
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <thread>
 
 #include "runtime/core/log.h"
@@ -100,6 +102,40 @@ int ranksOnNode(const transport::Transport& t) {
       if (n > 0) return n;
     }
   return t.size();
+}
+
+namespace {
+// quota / period of the cgroup file pair, or -1 when unlimited or unreadable
+double quotaCores(const std::string& dir) {
+  std::ifstream q(dir + "/cpu.cfs_quota_us"), p(dir + "/cpu.cfs_period_us");
+  long long quota = -1, period = 0;
+  if (q >> quota && p >> period) return quota > 0 && period > 0 ? double(quota) / double(period) : -1;
+  std::ifstream m(dir + "/cpu.max");  // cgroup v2: "QUOTA PERIOD" or "max PERIOD"
+  std::string qs;
+  if (m >> qs >> period && qs != "max" && period > 0) return std::stod(qs) / double(period);
+  return -1;
+}
+}  // namespace
+
+double cpuQuotaCores() {
+  double cores = -1;
+  std::ifstream cg("/proc/self/cgroup");
+  std::string line;
+  while (std::getline(cg, line)) {
+    // v1: "N:cpu,cpuacct:/path" (the cpu controller), v2: "0::/path"
+    const size_t a = line.find(':'), b = line.find(':', a + 1);
+    if (a == std::string::npos || b == std::string::npos) continue;
+    const std::string ctl = line.substr(a + 1, b - a - 1), path = line.substr(b + 1);
+    bool cpu = ctl.empty();
+    std::stringstream ss(ctl);
+    for (std::string c; std::getline(ss, c, ',');) cpu = cpu || c == "cpu";
+    if (!cpu) continue;
+    for (const char* root : {"/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup"}) {
+      const double q = quotaCores(std::string(root) + path);
+      if (q > 0) cores = cores > 0 ? std::min(cores, q) : q;
+    }
+  }
+  return cores;
 }
 
 void idleUntilReleased(transport::Transport& t, FtContext& ft, const std::function<bool()>& onView) {

@@ -130,6 +130,10 @@ kernels::SgdParams sgdOf(const Config& cfg);
 // The consistency policy of the run (--sync, --staleness, --backup-workers, --scale-updates).
 std::unique_ptr<phx::sync::SyncPolicy> policyOf(const Config& cfg);
 int ranksOnNode(const transport::Transport& t);
+// The CPU quota of this process's cgroup in cores (v1 cpu.cfs_quota_us / cfs_period_us, or v2
+// cpu.max), or -1 when none is set. A rank held to 0.13 core by a quota (a slow node,
+// apps/scripts/cpu_budget.sh) gets nothing from more threads.
+double cpuQuotaCores();
 // SIGUSR1 asks a job to stop at the next consistent step and snapshot (SLURM's
 // `--signal=B:USR1@N` before a time limit, slurm/). The ranks that can serve a shard handle it
 // (a flag; repeats are harmless); workers ignore it (the servers tell them when to stop), so

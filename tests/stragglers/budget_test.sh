@@ -6,7 +6,8 @@
 #     capacity is not taken);
 #  2. EPSP with one worker at a third of the others' budget (no --straggle) trains every sample
 #     exactly once, moves shards, and its projection names that worker a straggler far more
-#     often than any other (per-step classification is noisy: more than twice as often);
+#     often than any other (per-step classification is noisy: more than twice as often), and
+#     that worker runs one lane (its quota leaves no room for more);
 #  3. the cgroups are gone afterwards.
 # Exit 77 (skipped) without root or a writable cgroup v1 cpu controller.
 # Usage: budget_test.sh PATH/TO/phoenix
@@ -70,8 +71,10 @@ s = json.load(open(sys.argv[1]))
 w = {int(r["rank"]): r for r in s["ranks"] if r["role"] == "worker"}
 slow = w[4]["straggler_steps"]
 others = max(w[r]["straggler_steps"] for r in (1, 2, 3))
-print(f"  straggler steps: rank 4 {slow:.0f}, others at most {others:.0f}")
-sys.exit(0 if slow >= 10 and others * 2 < slow else 1)
+print(f"  straggler steps: rank 4 {slow:.0f}, others at most {others:.0f}; its lanes at most {w[4]['max_lanes']}")
+# and a rank held to 0.13 core by its quota runs one lane (more would only split that core and
+# start the shards the pioneers should take)
+sys.exit(0 if slow >= 10 and others * 2 < slow and w[4]["max_lanes"] == 1 else 1)
 PY
   then ok; else bad "epsp budgets: the projection did not name rank 4 alone"; fi
 else
