@@ -57,12 +57,19 @@ for name, keep in [("train", 12000), ("t10k", 2000)]:
     with gzip.open(f"{out}/{name}-labels-idx1-ubyte.gz", "wb") as f:
         f.write(lab[:4] + struct.pack(">I", keep) + lab[8:8 + keep])
 PY
-  du -sh "$PKG"
-  echo "packed $PKG: carry it (device run ... carry [\".gpu\"]) and run apps/scripts/gpu_check.sh device"
+  # one compressed archive: the tree that travels to the GPU machine is limited to 64 MiB
+  tar -C "$PKG" -cf - bin lib data ompi | xz -T0 -6 > "$PKG.tar.xz.tmp"
+  rm -rf "$PKG"; mkdir -p "$PKG"; mv "$PKG.tar.xz.tmp" "$PKG/phoenix-gpu.tar.xz"
+  du -sh "$PKG/phoenix-gpu.tar.xz"
+  echo "packed $PKG/phoenix-gpu.tar.xz: carry .gpu (device run ... carry [\".gpu\"]) and run apps/scripts/gpu_check.sh device"
   ;;
 device)
   OUT=${OUT:-$HERE/gpu-out}; mkdir -p "$OUT"
-  [ -x "$PKG/bin/phoenix" ] || { echo "gpu_check: $PKG/bin/phoenix missing: run 'gpu_check.sh pack' on the development machine and carry .gpu" >&2; exit 2; }
+  [ -f "$PKG/phoenix-gpu.tar.xz" ] || { echo "gpu_check: $PKG/phoenix-gpu.tar.xz missing: run 'gpu_check.sh pack' on the development machine and carry .gpu" >&2; exit 2; }
+  U=${TMPDIR:-/tmp}/phoenix-gpu
+  rm -rf "$U"; mkdir -p "$U"
+  xz -dc "$PKG/phoenix-gpu.tar.xz" | tar -C "$U" -xf - || { echo "gpu_check: cannot unpack $PKG/phoenix-gpu.tar.xz" >&2; exit 2; }
+  PKG=$U
   exec > >(tee "$OUT/gpu_check.log") 2>&1
   T0=$SECONDS
   step() { echo; echo "=== $1 ($((SECONDS - T0)) s)"; }
@@ -75,10 +82,10 @@ device)
            "$NV"/cudnn/lib "$NV"/nccl/lib "$NV"/cublas/lib "$NV"/cuda_runtime/lib "$NV"/cu13/lib; do
     [ -d "$d" ] && CUDALIBS="$CUDALIBS:$d"
   done
-  export LD_LIBRARY_PATH="$HERE/$PKG/lib$CUDALIBS:${LD_LIBRARY_PATH:-}"
-  export OPAL_PREFIX="$HERE/$PKG/ompi" PATH="$HERE/$PKG/ompi/bin:$PATH"
+  export LD_LIBRARY_PATH="$PKG/lib$CUDALIBS:${LD_LIBRARY_PATH:-}"
+  export OPAL_PREFIX="$PKG/ompi" PATH="$PKG/ompi/bin:$PATH"
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_WAIT_POLICY=PASSIVE
-  PHX=$HERE/$PKG/bin/phoenix
+  PHX=$PKG/bin/phoenix
   ldd "$PHX" | grep -E "not found|cudnn|nccl|cublas|cudart" | tee "$OUT/ldd.txt"
   step "gpu tests"
   for t in test_cuda_agreement test_nccl_group; do
@@ -89,12 +96,12 @@ device)
   step "1 server + 2 CUDA workers (mpirun)"
   MPI=(mpirun --oversubscribe --bind-to none -n 3 --mca btl self,vader,tcp)
   timeout 150 "${MPI[@]}" "$PHX" train --model cnn --device cuda --servers 1 --epochs 2 --batch 64 \
-      --data-dir "$HERE/$PKG/data" --eval-every 0 --summary "$OUT/job_cuda.json" 2>&1 | tail -15
+      --data-dir "$PKG/data" --eval-every 0 --summary "$OUT/job_cuda.json" 2>&1 | tail -15
   step "the same job with CPU workers"
   timeout 120 "${MPI[@]}" "$PHX" train --model cnn --device cpu --threads 4 --servers 1 --epochs 2 --batch 64 \
-      --data-dir "$HERE/$PKG/data" --eval-every 0 --summary "$OUT/job_cpu.json" 2>&1 | tail -5
+      --data-dir "$PKG/data" --eval-every 0 --summary "$OUT/job_cpu.json" 2>&1 | tail -5
   step "the same CNN in PyTorch CUDA (2 epochs, batch 64, the same data)"
-  timeout 120 python3 apps/scripts/torch_ref.py --data-dir "$HERE/$PKG/data" --epochs 2 --batch 64 \
+  timeout 120 python3 apps/scripts/torch_ref.py --data-dir "$PKG/data" --epochs 2 --batch 64 \
       --lr 0.01 --momentum 0.9 --device cuda 2>&1 | tail -5 | tee "$OUT/torch_cuda.txt"
   step "summary"
   python3 - "$OUT" <<'PY'
