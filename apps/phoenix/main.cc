@@ -239,6 +239,10 @@ void addTrainFlags(CLI::App& app, phx::Config& c) {
       ->capture_default_str();
   app.add_option("--eval-batch", c.evalBatch, "Samples per forward pass during evaluation")
       ->check(CLI::Range(1, 10000))->capture_default_str();
+  app.add_option("--eval-samples", c.evalSamples,
+                 "Evaluations during training use the first N test samples (0: all); the final "
+                 "accuracy is always on the whole test set")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
   app.add_option("--progress-every", c.progressSeconds, "Seconds between progress lines")
       ->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--log-level", c.logLevel, "debug, info, warn or error")

@@ -150,6 +150,7 @@ void Config::validate() const {
     PHX_USER_ERROR("--device '", device, "' is not known (accepted: cpu, cuda, auto)");
   if (threads < 0 || threads > 1024) PHX_USER_ERROR("--threads ", threads, " must be in 0..1024");
   if (evalBatch < 1 || evalBatch > 10000) PHX_USER_ERROR("--eval-batch must be in 1..10000");
+  if (evalSamples < 0) PHX_USER_ERROR("--eval-samples ", evalSamples, " must be >= 0 (0: the whole test set)");
   if (!(progressSeconds > 0.0)) PHX_USER_ERROR("--progress-every must be > 0 seconds");
   parseSchedule("--eval-every", evalEvery);
   if (servers < 1) PHX_USER_ERROR("--servers ", servers, " must be at least 1");

@@ -105,6 +105,7 @@ struct Config {
   std::string summaryPath;
   std::string evalEvery = "0";
   int evalBatch = 500;
+  int evalSamples = 0;  // evaluations during training use the first N test samples (0: all)
   double progressSeconds = 2.0;
   std::string logLevel = "info";
 

@@ -319,7 +319,7 @@ TrainResult WorkerLoop::run() {
       // the others, instead of waiting for the evaluation.
       if (epsp_ && done < p.totalSteps) beginShardedStep(done);
       lastTrainLoss = progress.takeEvalLoss();
-      const EvalResult e = evaluate(model_, fm_.test, cfg_.evalBatch);
+      const EvalResult e = evaluate(model_, fm_.test, cfg_.evalBatch, cfg_.evalSamples);
       progress.markEval(e.accuracy);
       const bool epochEnd = done % p.stepsPerEpoch == 0;
       metrics_->write(MetricsRow{progress.elapsed(), done,

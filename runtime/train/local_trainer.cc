@@ -29,22 +29,23 @@ std::string fmtDuration(double s) {
   return b;
 }
 
-EvalResult evaluate(kernels::Model& model, const data::Dataset& ds, int chunk) {
+EvalResult evaluate(kernels::Model& model, const data::Dataset& ds, int chunk, int limit) {
+  const int count = limit > 0 ? std::min(limit, ds.count) : ds.count;
   chunk = std::min(chunk, model.maxBatch());
   std::vector<float> x(static_cast<size_t>(chunk) * ds.sampleSize());
   std::vector<int32_t> y(chunk);
   std::vector<uint32_t> idx(chunk);
   double lossSum = 0;
   int64_t correct = 0;
-  for (int start = 0; start < ds.count; start += chunk) {
-    const int n = std::min(chunk, ds.count - start);
+  for (int start = 0; start < count; start += chunk) {
+    const int n = std::min(chunk, count - start);
     for (int i = 0; i < n; ++i) idx[i] = static_cast<uint32_t>(start + i);
     data::gatherBatch(ds, idx.data(), n, x.data(), y.data());
     const kernels::LossResult r = model.evaluate(x.data(), y.data(), n);
     lossSum += r.lossSum;
     correct += r.correct;
   }
-  return EvalResult{static_cast<double>(correct) / ds.count, lossSum / ds.count};
+  return EvalResult{static_cast<double>(correct) / count, lossSum / count};
 }
 
 TrainResult runLocal(const Config& cfg) {
@@ -89,7 +90,9 @@ TrainResult runLocal(const Config& cfg, const data::FashionMnist& fm) {
     // The row's train_loss is the mean over the steps since the previous row: deterministic
     // for a fixed seed, unlike the progress line's time window.
     lastLoss = progress.takeEvalLoss();
-    const EvalResult e = evaluate(model, fm.test, cfg.evalBatch);
+    // (the end of the run always on the whole test set: that is the reported accuracy)
+    const bool end = std::string(event) == "end";
+    const EvalResult e = evaluate(model, fm.test, cfg.evalBatch, end ? 0 : cfg.evalSamples);
     lastAcc = e.accuracy;
     lastTestLoss = e.loss;
     progress.markEval(e.accuracy);

@@ -22,7 +22,8 @@ struct TrainResult {
 struct EvalResult {
   double accuracy = 0, loss = 0;
 };
-EvalResult evaluate(kernels::Model& model, const data::Dataset& ds, int chunk);
+// Accuracy and mean loss over the first `limit` samples of ds (0 or more than it has: all).
+EvalResult evaluate(kernels::Model& model, const data::Dataset& ds, int chunk, int limit = 0);
 
 // "42s", "3m05s", "1h02m" ("?" when unknown).
 std::string fmtDuration(double seconds);

@@ -139,6 +139,8 @@ TEST(Config, RejectsBadValuesWithTheFlagName) {
   expectBad([](Config& c) { c.straggle = "4:0.5"; }, "--straggle");
   expectBad([](Config& c) { c.straggleRandom = "1.5:3"; }, "--straggle-random");
   expectBad([](Config& c) { c.lrSchedule = "step"; }, "--lr-schedule");
+  expectBad([](Config& c) { c.spawn = "maybe"; }, "--spawn");
+  expectBad([](Config& c) { c.spawn = "on"; }, "--spawn on");  // no launch that can spawn
   EXPECT_THROW(kernels::parseModelSpec("resnet"), UserError);
   EXPECT_THROW(kernels::parseModelSpec("synthetic:12x"), UserError);
   EXPECT_EQ(parseSchedule("--eval-every", "30s").seconds, 30.0);
