@@ -13,6 +13,7 @@
 
 #include "runtime/core/error.h"
 #include "runtime/core/log.h"
+#include "runtime/transport/mpi/launch.h"
 #include "runtime/transport/mpi/ulfm.h"
 
 namespace phx::recovery {
@@ -162,20 +163,15 @@ bool sameView(MPI_Comm surv, uint32_t h) {
 
 }  // namespace
 
-MpiRespawner::MpiRespawner(MPI_Comm base, std::vector<int> logicalOf, int me,
+MpiRespawner::MpiRespawner(MPI_Comm base, std::vector<int> logicalOf,
                            transport::MpiTransport& det, transport::MpiTransport& train,
                            std::vector<std::string> argv, double timeoutS)
-    : base_(base), logicalOf_(std::move(logicalOf)), me_(me), det_(det), train_(train),
+    : base_(base), logicalOf_(std::move(logicalOf)), det_(det), train_(train),
       argv_(argv.empty() ? ownCommandLine() : std::move(argv)), timeoutS_(timeoutS) {
   MPI_Comm_set_errhandler(base_, MPI_ERRORS_RETURN);
 }
 
-bool MpiRespawner::launchCanSpawn() {
-  for (const char* v : {"OMPI_MCA_orte_enable_recovery", "OMPI_MCA_mpi_ft_enable"})
-    if (const char* s = std::getenv(v))
-      if (std::string(s) == "1" || std::string(s) == "true") return true;
-  return false;
-}
+bool MpiRespawner::launchCanSpawn() { return transport::launchedByMpirunWithSurvivors(); }
 
 bool MpiRespawner::respawn(const View& v, const View& next) {
   if (v.respawn.empty()) return true;
@@ -249,7 +245,6 @@ bool MpiRespawner::respawn(const View& v, const View& next) {
   logicalOf_ = logicalOf;
   log::warn("started a replacement for rank ", who, " in ",
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), " s");
-  (void)me_;
   return true;
 }
 

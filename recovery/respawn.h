@@ -42,7 +42,7 @@ class MpiRespawner {
   // base: the rebuild communicator (a duplicate of MPI_COMM_WORLD), logicalOf: its ranks'
   // job ranks; argv: the command line of a replacement (this process's own); det/train: this
   // process's transports (they must outlive the respawner).
-  MpiRespawner(MPI_Comm base, std::vector<int> logicalOf, int me, transport::MpiTransport& det,
+  MpiRespawner(MPI_Comm base, std::vector<int> logicalOf, transport::MpiTransport& det,
                transport::MpiTransport& train, std::vector<std::string> argv, double timeoutS);
 
   // Starts v.respawn's processes (collective over v's alive ranks). next: the view they join
@@ -65,7 +65,6 @@ class MpiRespawner {
  private:
   MPI_Comm base_;
   std::vector<int> logicalOf_;
-  int me_;
   transport::MpiTransport& det_;
   transport::MpiTransport& train_;
   std::vector<std::string> argv_;

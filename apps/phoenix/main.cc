@@ -47,7 +47,7 @@ int runTrain(phx::Config& cfg) {
     PHX_USER_ERROR("--recovery ", cfg.recovery, " needs the other ranks to survive a death, but this "
                    "launch kills the whole job when one rank dies; launch with `mpirun ",
                    cfg.survivorFlag, " ...` (", phx::transport::mpiName(), "), or pass --recovery none");
-  return phx::apps::runUnderMpi([&cfg](int rank, int size) {
+  return phx::apps::runUnderMpi([&cfg](int, int size) {
     MPI_Comm parent = MPI_COMM_NULL;
     MPI_Comm_get_parent(&parent);
     if (parent != MPI_COMM_NULL) {
@@ -56,7 +56,7 @@ int runTrain(phx::Config& cfg) {
       auto j = phx::recovery::MpiRespawner::join(parent, cfg.peerTimeoutS);
       phx::transport::MpiTransport t(j.train, j.rank, j.logicalOf);
       phx::transport::MpiTransport dt(j.det, j.rank, j.logicalOf);
-      phx::recovery::MpiRespawner resp(j.base, j.logicalOf, j.rank, dt, t, {}, cfg.peerTimeoutS);
+      phx::recovery::MpiRespawner resp(j.base, j.logicalOf, dt, t, {}, cfg.peerTimeoutS);
       phx::train::Membership m;
       m.respawn = [&resp](const phx::recovery::View& v, const phx::recovery::View& n) {
         return resp.respawn(v, n);
@@ -75,7 +75,7 @@ int runTrain(phx::Config& cfg) {
       phx::transport::MpiTransport dt(detComm);
       std::vector<int> identity(size);
       for (int i = 0; i < size; ++i) identity[i] = i;
-      phx::recovery::MpiRespawner resp(baseComm, identity, rank, dt, t, {}, cfg.peerTimeoutS);
+      phx::recovery::MpiRespawner resp(baseComm, identity, dt, t, {}, cfg.peerTimeoutS);
       phx::train::Membership m;
       if (cfg.spawnReplacements())
         m.respawn = [&resp](const phx::recovery::View& v, const phx::recovery::View& n) {

@@ -27,12 +27,18 @@ std::string mpiName() {
 #endif
 }
 
-bool launchSurvives() {
-  // Open MPI 4 (--enable-recovery), Open MPI 5 (--with-ft ulfm), or asserted by the user.
-  for (const char* v : {"OMPI_MCA_orte_enable_recovery", "OMPI_MCA_mpi_ft_enable", "PHX_LAUNCH_SURVIVES"})
-    if (const char* s = std::getenv(v))
-      if (std::string(s) == "1" || std::string(s) == "true") return true;
-  return false;
+namespace {
+bool envTrue(const char* name) {
+  const char* s = std::getenv(name);
+  return s && (std::string(s) == "1" || std::string(s) == "true");
 }
+}  // namespace
+
+bool launchedByMpirunWithSurvivors() {
+  // Open MPI 4 (--enable-recovery) or Open MPI 5 (--with-ft ulfm)
+  return envTrue("OMPI_MCA_orte_enable_recovery") || envTrue("OMPI_MCA_mpi_ft_enable");
+}
+
+bool launchSurvives() { return launchedByMpirunWithSurvivors() || envTrue("PHX_LAUNCH_SURVIVES"); }
 
 }  // namespace phx::transport

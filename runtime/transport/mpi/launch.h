@@ -16,5 +16,8 @@ std::string mpiName();
 // Whether this process was started by a launch that keeps survivors alive (reads the
 // environment only: callable before MPI_Init).
 bool launchSurvives();
+// Whether this process was started by Open MPI's mpirun with its survivor flag (the launch that
+// can also spawn replacement processes; PHX_LAUNCH_SURVIVES alone, e.g. under srun, cannot).
+bool launchedByMpirunWithSurvivors();
 
 }  // namespace phx::transport
