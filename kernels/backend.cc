@@ -1,6 +1,9 @@
 #include "kernels/backend.h"
 
 #include <cstdlib>
+#if defined(__SSE__) || defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
 
 #include "kernels/cpu/cpu_backend.h"
 #include "phx_config.h"
@@ -30,7 +33,15 @@ int localRankFromEnv() {
   return 0;
 }
 
+void flushDenormals() {
+#if defined(__SSE__) || defined(__x86_64__)
+  // FTZ (bit 15) and DAZ (bit 6) of MXCSR.
+  _mm_setcsr(_mm_getcsr() | 0x8040u);
+#endif
+}
+
 std::unique_ptr<Backend> makeBackend(const std::string& device, int threads) {
+  flushDenormals();
   if (device == "cpu") return std::make_unique<CpuBackend>(threads);
   std::string why;
   const bool gpu = cudaAvailable(&why);

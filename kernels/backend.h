@@ -132,6 +132,12 @@ inline constexpr bool dropoutKeep(uint64_t seed, uint64_t stream, uint64_t i, ui
 // (localRankFromEnv): one GPU per rank on a node with as many GPUs as ranks.
 int localRankFromEnv();
 // Throws UserError when "cuda" is asked for and no device can be used.
+// Subnormal floats flushed to zero on the calling thread (x86: MXCSR FTZ + DAZ), as ML
+// frameworks do: late in a run, when the learning rate and the momentum terms get tiny,
+// subnormal operands made the servers' SGD and the kernels many times slower. Every
+// makeBackend call applies it to its thread (threads it starts later inherit it).
+void flushDenormals();
+
 std::unique_ptr<Backend> makeBackend(const std::string& device, int threads);
 
 // True when this build has the CUDA backend and a device can be used (any CUDA error = no).
