@@ -1,6 +1,7 @@
 #include "kernels/layers.h"
 
 #include <cmath>
+#include <vector>
 
 #include "runtime/core/error.h"
 
@@ -41,8 +42,13 @@ class Dense final : public Layer {
     const float* w = ctx.params + offset_;
     float* dw = ctx.grads + offset_;
     float* db = dw + static_cast<size_t>(outF_) * inF_;
-    ctx.backend->gemm(true, false, outF_, inF_, batch, 1.0f, dy, outF_, x, inF_,
-                      ctx.accumulate ? 1.0f : 0.0f, dw, inF_);
+    if (ctx.deferWeights) {
+      keptX_.insert(keptX_.end(), x, x + static_cast<size_t>(batch) * inF_);
+      keptDy_.insert(keptDy_.end(), dy, dy + static_cast<size_t>(batch) * outF_);
+    } else {
+      ctx.backend->gemm(true, false, outF_, inF_, batch, 1.0f, dy, outF_, x, inF_,
+                        ctx.accumulate ? 1.0f : 0.0f, dw, inF_);
+    }
     if (ctx.accumulate) {
       ctx.backend->biasGrad(dy, ctx.scratch, batch, outF_);
       ctx.backend->axpy(static_cast<size_t>(outF_), 1.0f, ctx.scratch, db);
@@ -53,9 +59,18 @@ class Dense final : public Layer {
       ctx.backend->gemm(false, false, batch, inF_, outF_, 1.0f, dy, outF_, w, inF_, 0.0f, dx,
                         inF_);
   }
+  void flushDeferred(const PassContext& ctx) override {
+    const int rows = static_cast<int>(keptDy_.size() / static_cast<size_t>(outF_));
+    if (rows == 0) return;
+    ctx.backend->gemm(true, false, outF_, inF_, rows, 1.0f, keptDy_.data(), outF_, keptX_.data(), inF_, 0.0f,
+                      ctx.grads + offset_, inF_);
+    keptX_.clear();
+    keptDy_.clear();
+  }
 
  private:
   int outF_ = 0, inF_ = 0;
+  std::vector<float> keptX_, keptDy_;  // deferWeights: rows of x and dy since the last flush
 };
 
 class Conv2d final : public Layer {

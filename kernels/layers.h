@@ -32,6 +32,10 @@ struct PassContext {
   // accumulate on a lane); `scratch` then holds at least the largest non-dense-weight gradient.
   bool accumulate = false;
   float* scratch = nullptr;
+  // CPU only: dense layers keep the batch's inputs and output gradients and add their weight
+  // gradient later, in one GEMM over every batch kept (flushDeferred): a dense weight
+  // gradient written once per iteration, not once per EPSP shard.
+  bool deferWeights = false;
 };
 
 class Layer {
@@ -53,6 +57,9 @@ class Layer {
   // dx may be null (first layer: no input gradient is needed).
   virtual void backward(const PassContext& ctx, const float* x, const float* y, const float* dy,
                         float* dx, const void* state, int batch) = 0;
+  // Writes the weight gradient of the batches kept since the last flush (deferWeights)
+  // into ctx.grads, overwriting it; nothing if none was kept.
+  virtual void flushDeferred(const PassContext& ctx) {}
 
   void setParamOffset(size_t off) { offset_ = off; }
   size_t paramOffset() const { return offset_; }

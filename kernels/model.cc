@@ -176,9 +176,10 @@ void Model::forward(const PassContext& ctx, int batch) {
 
 LossResult Model::forwardBackward(const float* x, const int32_t* labels, int batch,
                                   uint64_t dropoutSeed, uint64_t step, bool accumulate,
-                                  float gradScale) {
+                                  float gradScale, bool deferWeights) {
   upload(x, labels, batch);
   PassContext ctx{backend_, params(), grads(), true, dropoutSeed, step};
+  ctx.deferWeights = deferWeights && backend_->kind() == DeviceKind::kCpu;
   if (accumulate) {
     if (accScratch_.size() == 0) {
       // Dense weights accumulate in the GEMM (beta = 1); everything else goes through scratch.
@@ -198,6 +199,11 @@ LossResult Model::forwardBackward(const float* x, const int32_t* labels, int bat
     layers_[i]->backward(ctx, acts_[i], acts_[i + 1], dacts_[i + 1], i == 0 ? nullptr : dacts_[i],
                          states_[i], batch);
   return r;
+}
+
+void Model::flushDeferred() {
+  PassContext ctx{backend_, params(), grads(), true, 0, 0};
+  for (auto& l : layers_) l->flushDeferred(ctx);
 }
 
 LossResult Model::evaluate(const float* x, const int32_t* labels, int batch) {

@@ -58,8 +58,13 @@ class Model {
   // gradScale multiplies the gradient (not the returned loss): EPSP's shards are summed / K.
   // accumulate: add this batch's gradient to grads() instead of overwriting it (so a sum of
   // mean gradients over several batches builds up without an extra pass over the vector).
+  // deferWeights (CPU backends; ignored elsewhere): the dense weight gradients are added by
+  // flushDeferred, in one GEMM over every batch since the last flush; until then grads()
+  // lacks them.
   LossResult forwardBackward(const float* x, const int32_t* labels, int batch, uint64_t dropoutSeed,
-                             uint64_t step, bool accumulate = false, float gradScale = 1.0f);
+                             uint64_t step, bool accumulate = false, float gradScale = 1.0f,
+                             bool deferWeights = false);
+  void flushDeferred();
   // Forward only, evaluation mode (no dropout); returns loss sum and correct count.
   LossResult evaluate(const float* x, const int32_t* labels, int batch);
   // The logits of the last forward pass (device memory, [batch, classes]).

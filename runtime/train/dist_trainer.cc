@@ -152,17 +152,24 @@ WorkerLoop::~WorkerLoop() {
 // One row per iteration and worker: what the projection saw when the iteration started.
 void WorkerLoop::writeProjection(int64_t step, phx::sync::WorkerClass c, double projected) {
   if (!projCsv_) return;
-  std::fprintf(projCsv_, "%.3f,%lld,%d,%.3f,%.3f,%.3f,%s,%lld,%lld,%lld\n",
-               recovery::unixNow() - startUnix_, static_cast<long long>(step), epsp_ ? epsp_->lanes() : 1,
-               (epsp_ ? epsp_->singleLaneSeconds() : projection_.average()) * 1e3,
-               client_.medianStepSeconds() * 1e3, projected * 1e3, phx::sync::className(c),
+  pendingRow_ = detail::concat(
+      std::to_string(recovery::unixNow() - startUnix_), ",", static_cast<long long>(step), ",",
+      epsp_ ? epsp_->lanes() : 1, ",", (epsp_ ? epsp_->singleLaneSeconds() : projection_.average()) * 1e3, ",",
+      client_.medianStepSeconds() * 1e3, ",", projected * 1e3, ",", phx::sync::className(c));
+}
+
+void WorkerLoop::finishRow(double computeS, double stealS, double exchangeS, double cpuS) {
+  if (!projCsv_ || pendingRow_.empty()) return;
+  std::fprintf(projCsv_, "%s,%lld,%lld,%lld,%.3f,%.3f,%.3f,%.3f\n", pendingRow_.c_str(),
                static_cast<long long>(epsp_ ? epsp_->counters().own : 0),
                static_cast<long long>(epsp_ ? epsp_->counters().stolen : 0),
-               static_cast<long long>(epsp_ ? epsp_->counters().given : 0));
+               static_cast<long long>(epsp_ ? epsp_->counters().given : 0), computeS * 1e3, stealS * 1e3,
+               exchangeS * 1e3, cpuS * 1e3);
+  pendingRow_.clear();
 }
 
 // EPSP / FlexRR: plan p_w and classify from the projection, queue the K own shards.
-void WorkerLoop::beginShardedStep(int64_t step) {
+void WorkerLoop::beginShardedStep(int64_t step, bool evaluating) {
   const double median = client_.medianStepSeconds();
   epsp_->plan(median);
   const double projected = epsp_->projectedSeconds();
@@ -174,14 +181,19 @@ void WorkerLoop::beginShardedStep(int64_t step) {
               cfg_.transfer ? "; its unstarted shards go to pioneers" : "");
   writeProjection(step, c, projected);
   epsp_->startOwn(step);
+  // (A chief about to evaluate takes no one's shards early: it is busy, and the others take
+  // its own unstarted shards meanwhile.)
+  if (!evaluating) epsp_->askEarly(step, [this](int r) { return alive(r); });
 }
 
 // Run the own shards to the end, in enforced mode take shards from slower workers before
 // pushing, and sum the lanes' gradients.
-void WorkerLoop::shardedStep(int64_t step, int* n, double* loss) {
+void WorkerLoop::shardedStep(int64_t step, int* n, double* loss, double* stealS) {
   if (!epsp_->started(step)) beginShardedStep(step);
   epsp_->runOwn(step);
+  const auto s0 = std::chrono::steady_clock::now();
   if (enforced_) epsp_->stealRound(step, nullptr, [this](int r) { return alive(r); });
+  *stealS = std::chrono::duration<double>(std::chrono::steady_clock::now() - s0).count();
   double lossSum = 0;
   int64_t samples = 0;
   epsp_->collect(gradBuf(), &lossSum, &samples);
@@ -245,7 +257,7 @@ TrainResult WorkerLoop::run() {
     projCsv_ = std::fopen(path.c_str(), "w");
     if (!projCsv_) PHX_USER_ERROR("cannot write the projection file ", path, " (next to --metrics)");
     std::fprintf(projCsv_, "time_s,step,lanes,single_lane_ms,median_ms,projected_ms,class,shards_own,"
-                           "shards_stolen,shards_given\n");
+                           "shards_stolen,shards_given,compute_ms,steal_ms,exchange_ms,cpu_ms\n");
   }
   if (cfg_.shardedSync()) {
     if (layout_.groupSize() > 1)
@@ -277,9 +289,11 @@ TrainResult WorkerLoop::run() {
       currentEpoch = epoch;
     }
     int n = 0;
-    double loss = 0;
+    double loss = 0, stealS = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    const double cpu0 = projCsv_ ? cpuSeconds() : 0.0;
     if (epsp_) {
-      shardedStep(step, &n, &loss);
+      shardedStep(step, &n, &loss, &stealS);
     } else {
       const BatchRange b = batchRange(step, p.stepsPerEpoch, cfg_.batch, static_cast<int64_t>(shardSize));
       const int64_t first = b.first;
@@ -298,7 +312,13 @@ TrainResult WorkerLoop::run() {
       writeProjection(step, c, projection_.average());
       loss = r.lossSum / n;
     }
+    const auto t1 = std::chrono::steady_clock::now();
     exchange(step, loss);
+    if (projCsv_) {
+      const double wall = std::chrono::duration<double>(t1 - t0).count();
+      finishRow(wall - stealS, stealS, std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count(),
+                cpuSeconds() - cpu0);
+    }
     samples += n;
     if (stopRequested_) {
       // SIGUSR1: every worker ends after this step (the servers chose it); the servers write
@@ -317,9 +337,12 @@ TrainResult WorkerLoop::run() {
     if (progress.evalDue(done)) {
       // EPSP: the next iteration's shards start now, on this worker's lanes and (transfer) on
       // the others, instead of waiting for the evaluation.
-      if (epsp_ && done < p.totalSteps) beginShardedStep(done);
+      if (epsp_ && done < p.totalSteps) beginShardedStep(done, true);
       lastTrainLoss = progress.takeEvalLoss();
-      const EvalResult e = evaluate(model_, fm_.test, cfg_.evalBatch, cfg_.evalSamples);
+      // EPSP: steal requests are answered between chunks of 100 (the peers wait for them).
+      const EvalResult e =
+          epsp_ ? evaluate(model_, fm_.test, std::min(cfg_.evalBatch, 100), cfg_.evalSamples, [this] { epsp_->service(); })
+                : evaluate(model_, fm_.test, cfg_.evalBatch, cfg_.evalSamples);
       progress.markEval(e.accuracy);
       const bool epochEnd = done % p.stepsPerEpoch == 0;
       metrics_->write(MetricsRow{progress.elapsed(), done,

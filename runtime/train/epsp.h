@@ -76,10 +76,16 @@ class ShardEngine {
   // its lanes and, by transfer, the other workers compute them meanwhile); runOwn then waits.
   void startOwn(int64_t step);
   bool started(int64_t step) const { return curStep_ == step; }
-  // Task transfer: asks the other live workers for shards until none has any left (or
-  // `stop()` says to stop), computing what they grant. Returns the shards computed.
+  // Task transfer: asks the other live workers for shards (all at once, again whenever one
+  // grants some) until none has any left (or `stop()` says to stop), computing what they
+  // grant. Returns when no request is unanswered and the lanes are idle; the shards computed.
   int64_t stealRound(int64_t clock, const std::function<bool()>& stop,
                      const std::function<bool(int rank)>& alive);
+  // Enforced mode, right after startOwn: asks the worker that gave it the most shards last
+  // iteration for shards now, saying how long this worker's own shards still take (kEarly),
+  // so that the grant arrives while this worker computes and the slow worker never starts
+  // shards that a faster one would finish first. The answer is taken by service(); stealRound waits for it.
+  void askEarly(int64_t step, const std::function<bool(int rank)>& alive);
   // dst = (sum of the lanes' accumulated shard gradients) / K; the lanes start afresh. dst must
   // be the push buffer given to setPushBuffer, if one was.
   void collect(float* dst, double* lossSum, int64_t* samples);
@@ -110,6 +116,8 @@ class ShardEngine {
     std::vector<float> x, hostGrads;
     std::vector<int32_t> y;
     std::vector<std::pair<int, uint32_t>> audit;
+    bool busy = false;           // computing a shard (under mu_)
+    std::chrono::steady_clock::time_point began{};
   };
   void laneMain(int i);
   void waitIdle();
@@ -117,6 +125,17 @@ class ShardEngine {
   // The samples of shard k of `owner`'s step (epoch order cached per owner).
   ShardTask taskOf(int owner, int64_t step, int k);
   void reapSends();
+  // Under mu_: own unstarted shards of the current step at the queue's tail; seconds this
+  // worker still needs for its queue and in-flight shards (over its lanes).
+  int grantable() const;
+  double remainingSeconds() const;
+  // Under mu_: how many own shards to keep back for faster workers (startOwn); their release.
+  void reserve();
+  void releaseReserve();
+  // Under mu_: the answer to a steal request (shards taken from the queue's tail).
+  transport::Header grant(const transport::Header& req);
+  void sendSteal(int v, int64_t clock, bool early);
+  void takeGrant(const transport::Header& g, int v);  // under mu_
 
   const Config& cfg_;
   const data::Dataset& train_;
@@ -152,6 +171,22 @@ class ShardEngine {
 
   std::vector<char> finished_;          // by worker index
   std::vector<double> lastRemaining_;   // by worker index: projected seconds left, last grant
+  // Task transfer state, by worker index: a steal request to it is unanswered (since when);
+  // the step at which it was last answered by this worker, at which it said it had no own
+  // shard left to compute (its request) and at which it held none back for others (its grant).
+  std::vector<char> pending_;
+  std::vector<std::chrono::steady_clock::time_point> pendingSince_;
+  std::vector<int64_t> answeredAt_, doneAt_, noneLeftAt_;
+  std::vector<int64_t> grantedStep_, grantedCount_;  // its last grant of shards to this worker
+  std::vector<std::pair<int, transport::Header>> deferred_;  // requests for the step after curStep_
+  std::vector<char> reask_;        // it granted shards: ask it again
+  bool wake_ = false;              // service() took a grant: wake the lanes
+  int64_t granted_ = 0;            // shards granted to this worker in this stealRound
+  bool finishing_ = false;
+  int reserved_ = 0;  // own shards at the queue's tail the lanes leave for faster workers
+  int64_t lastOwnStep_ = -1;  // the last iteration in which a lane computed an own shard
+  double median_ = 0, releaseAfter_ = 0;
+  std::chrono::steady_clock::time_point stepStart_{};
   std::vector<transport::SendId> sends_;
   ShardCounters counters_;
 };

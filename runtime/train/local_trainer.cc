@@ -29,7 +29,8 @@ std::string fmtDuration(double s) {
   return b;
 }
 
-EvalResult evaluate(kernels::Model& model, const data::Dataset& ds, int chunk, int limit) {
+EvalResult evaluate(kernels::Model& model, const data::Dataset& ds, int chunk, int limit,
+                    const std::function<void()>& between) {
   const int count = limit > 0 ? std::min(limit, ds.count) : ds.count;
   chunk = std::min(chunk, model.maxBatch());
   std::vector<float> x(static_cast<size_t>(chunk) * ds.sampleSize());
@@ -44,6 +45,7 @@ EvalResult evaluate(kernels::Model& model, const data::Dataset& ds, int chunk, i
     const kernels::LossResult r = model.evaluate(x.data(), y.data(), n);
     lossSum += r.lossSum;
     correct += r.correct;
+    if (between) between();
   }
   return EvalResult{static_cast<double>(correct) / count, lossSum / count};
 }

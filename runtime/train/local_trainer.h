@@ -23,7 +23,9 @@ struct EvalResult {
   double accuracy = 0, loss = 0;
 };
 // Accuracy and mean loss over the first `limit` samples of ds (0 or more than it has: all).
-EvalResult evaluate(kernels::Model& model, const data::Dataset& ds, int chunk, int limit = 0);
+// `between` (if set) runs after every chunk: a worker answers its peers meanwhile.
+EvalResult evaluate(kernels::Model& model, const data::Dataset& ds, int chunk, int limit = 0,
+                    const std::function<void()>& between = {});
 
 // "42s", "3m05s", "1h02m" ("?" when unknown).
 std::string fmtDuration(double seconds);

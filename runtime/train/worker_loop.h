@@ -92,12 +92,17 @@ class WorkerLoop {
   // EPSP / FlexRR: the sharded iteration (epsp.h); n and loss of what this worker computed.
   std::unique_ptr<ShardEngine> epsp_;
   bool enforced_ = false;
-  void shardedStep(int64_t step, int* n, double* loss);
-  void beginShardedStep(int64_t step);
+  void shardedStep(int64_t step, int* n, double* loss, double* stealS);
+  void beginShardedStep(int64_t step, bool evaluating = false);
   bool alive(int rank) const { return !ft_.det || ft_.det->view().isAlive(rank); }
   // Per-iteration projection rows (<metrics>.worker<W>.csv; none without --metrics).
   std::FILE* projCsv_ = nullptr;
+  // The row is written when the step ends: the projection as the step began, then where the
+  // step's time went (wall ms computing own work, computing transferred shards, in the
+  // exchange; this process's CPU ms over the step).
   void writeProjection(int64_t step, phx::sync::WorkerClass c, double projected);
+  void finishRow(double computeS, double stealS, double exchangeS, double cpuS);
+  std::string pendingRow_;
   double startUnix_ = 0;
   RankStats workerStats(int64_t samples, double trainSeconds);
   int64_t totalSteps_ = 0;

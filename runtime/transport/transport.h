@@ -40,8 +40,10 @@ enum class MsgType : uint16_t {
   kHello = 16,        // stateless replacement -> client: send your weights copy and backlog
   kBacklog = 17,      // client -> stateless replacement: last pulled weights + buffered updates
   // EPSP / FlexRR task transfer between workers (header only, docs/architecture.md):
-  kSteal = 18,        // pioneer -> worker: "give me shards" (clock: the pioneer's, value: its rate)
-  kGrant = 19,        // worker -> pioneer: shards [offset, version) of step clock (none: empty)
+  kSteal = 18,        // pioneer -> worker: "give me shards" (clock: the pioneer's, value: its rate,
+                      // kEarly + aux: still busy for aux microseconds)
+  kGrant = 19,        // worker -> pioneer: shards [offset, version) of step clock (none: empty);
+                      // value: its seconds of work left, aux: own shards it still holds back for others
   kFinished = 20,     // worker -> workers: no more steal requests from me; answer none from now
   // Worker groups of GPU workers (--group-reduce, docs/architecture.md "Worker groups"):
   kGroupSetup = 21,   // member -> leader: its GPU's identity (payload, text); leader -> member:
@@ -59,6 +61,8 @@ enum HeaderFlags : uint16_t {
                    // worker ends after this step and the servers write a snapshot
   kDropped = 32,   // on a pull reply: the push of that step came after its round closed
                    // (Sync-opt's backup workers) and was dropped, not applied
+  kEarly = 64,     // on a steal request: the requester still has own shards (aux: the
+                   // microseconds they take); without it, it has none left this step
 };
 
 // Trivially copyable, sent as 64 raw bytes; both ends are the same binary.

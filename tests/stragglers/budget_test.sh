@@ -77,6 +77,24 @@ print(f"  straggler steps: rank 4 {slow:.0f}, others at most {others:.0f}; its l
 sys.exit(0 if slow >= 10 and others * 2 < slow and w[4]["max_lanes"] == 1 else 1)
 PY
   then ok; else bad "epsp budgets: the projection did not name rank 4 alone"; fi
+  # the straggler keeps back what the faster workers finish sooner: it gives most of its own
+  # shards away (it computes only a share that matches its budget)
+  if /usr/bin/python3 - "$TMP/epsp.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+w = {int(r["rank"]): r for r in s["ranks"] if r["role"] == "worker"}
+print(f"  rank 4 computed {w[4]['shards_own']:.0f} of its shards and gave {w[4]['shards_given']:.0f} away")
+sys.exit(0 if w[4]["shards_given"] > w[4]["shards_own"] else 1)
+PY
+  then ok; else bad "epsp budgets: the budget straggler kept most of its shards"; fi
+  # per-iteration timelines: where each worker's step went
+  if /usr/bin/python3 - "$TMP/epsp.csv.worker3.csv" <<'PY'
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+cols = ("compute_ms", "steal_ms", "exchange_ms", "cpu_ms")
+sys.exit(0 if len(rows) == 60 and all(float(r[c]) >= 0 for r in rows for c in cols) else 1)
+PY
+  then ok; else bad "epsp budgets: the straggler's timeline (compute/steal/exchange/cpu ms) is missing"; fi
 else
   bad "epsp under budgets: rc $rc: $(tail -5 "$TMP/epsp.log")"
 fi
