@@ -70,10 +70,13 @@ bench-torch: build
 bench-runtime: build
 	apps/scripts/bench_runtime.sh $(PHX)
 
-# The straggler experiment: every policy x a fixed 3x and transient stragglers (per-rank CPU budgets, root) x 3 seeds on the cnn;
-# table and plot in docs/results/stragglers-budget (long: about 40 minutes on 2 cores).
+# The straggler experiment: every policy x a fixed 3x and transient stragglers (per-rank CPU budgets, root) x 2 seeds on
+# the cnn, evaluations during training on 2,000 test images; table and plot in docs/results/stragglers-budget (long:
+# about 30 minutes on 2 cores; SEEDS=0,1,2 for three).
+SEEDS ?= 0,1
 stragglers: build
-	/usr/bin/python3 apps/scripts/straggler_experiment.py --phoenix $(PHX) --out docs/results/stragglers-budget
+	/usr/bin/python3 apps/scripts/straggler_experiment.py --phoenix $(PHX) --out docs/results/stragglers-budget \
+	  --seeds $(SEEDS) --extra "--eval-samples 2000"
 
 # The same with the older sleep emulation (--straggle: the straggler hands its CPU to the others).
 stragglers-sleep: build
