@@ -127,11 +127,18 @@ def main():
     all_settings = settings(a)
     if not a.settings:
         a.settings = ",".join(all_settings)
-    for name in ([] if a.report_only else a.settings.split(",")):
-        for policy in a.policies.split(","):
-            if policy not in POLICIES:
-                sys.exit(f"unknown policy {policy} (known: {', '.join(POLICIES)})")
-            for seed in [int(s) for s in a.seeds.split(",")]:
+    for policy in a.policies.split(","):
+        if policy not in POLICIES:
+            sys.exit(f"unknown policy {policy} (known: {', '.join(POLICIES)})")
+    # Seed-major order: every policy's run of one seed and setting comes before the next seed,
+    # so that a drift in the machine's speed (a VM's neighbours) spreads over all policies
+    # instead of favouring the ones run first.
+    unbuilt = set()
+    for seed in ([] if a.report_only else [int(s) for s in a.seeds.split(",")]):
+        for name in a.settings.split(","):
+            for policy in a.policies.split(","):
+                if policy in unbuilt:
+                    continue
                 r = run_job(a, name, policy, all_settings[name], seed)
                 runs = results.setdefault(name, {}).setdefault(policy, [])
                 if seed == int(a.seeds.split(",")[0]):
@@ -141,7 +148,7 @@ def main():
                       + (f", {a.target:.0%} at {r['reach_s']} s, final {r['final']:.4f}" if r["status"] == "ok" else ""),
                       flush=True)
                 if r["status"] == "not built":
-                    break  # the other seeds would say the same
+                    unbuilt.add(policy)  # the other seeds would say the same
 
     lines = [f"| setting | policy | median time to {a.target:.0%} (s) | runs reaching it | median final accuracy | vs BSP "
              f"| median time for {a.epochs} epochs (s) |",

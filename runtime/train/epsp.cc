@@ -465,12 +465,16 @@ void ShardEngine::sendSteal(int v, int64_t clock, bool early) {
 
 void ShardEngine::askEarly(int64_t step, const std::function<bool(int rank)>& alive) {
   if (!enforced_ || !cfg_.transfer || perSample_ <= 0) return;
-  // The worker that granted this one the most shards in the last iteration: a straggler.
+  // The worker that granted this one shards most recently (within the last 8 iterations; the
+  // most shards on a tie): a straggler. (Not only the last iteration: there the early askers
+  // may have taken everything, and this worker would pay a round trip at the end for nothing.)
   int target = -1;
-  int64_t most = 0;
+  int64_t latest = step - 9, most = 0;
   for (int v = 0; v < static_cast<int>(finished_.size()); ++v)
-    if (v != w_ && !finished_[v] && !pending_[v] && grantedStep_[v] == step - 1 && grantedCount_[v] > most &&
+    if (v != w_ && !finished_[v] && !pending_[v] && grantedCount_[v] > 0 &&
+        (grantedStep_[v] > latest || (grantedStep_[v] == latest && grantedCount_[v] > most)) &&
         alive(layout_.workerRank(v))) {
+      latest = grantedStep_[v];
       most = grantedCount_[v];
       target = v;
     }
