@@ -77,11 +77,17 @@ run)
   cleanup() {
     # every rank group the job made, then the parent (processes still inside go back to the
     # root group first so that nothing is left behind)
-    local d p
+    # (after an MPI_Abort, ranks may still be exiting, or a rank's budget watcher may still be
+    # moving in: a few tries over up to 5 s)
+    local d p i
     for d in "$PARENT"/rank*; do
       [ -d "$d" ] || continue
-      while read -r p; do echo "$p" > "$CG/cgroup.procs" 2>/dev/null || true; done < "$d/cgroup.procs"
-      rmdir "$d" 2>/dev/null || echo "cpu_budget: could not remove $d" >&2
+      for i in $(seq 1 50); do
+        while read -r p; do echo "$p" > "$CG/cgroup.procs" 2>/dev/null || true; done < "$d/cgroup.procs"
+        rmdir "$d" 2>/dev/null && break
+        sleep 0.1
+      done
+      [ -d "$d" ] && echo "cpu_budget: could not remove $d" >&2
     done
     rmdir "$PARENT" 2>/dev/null || echo "cpu_budget: could not remove $PARENT" >&2
   }

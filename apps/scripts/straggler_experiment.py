@@ -203,8 +203,9 @@ def main():
             for w in range(a.workers):
                 f = os.path.join(a.out, "runs", f"{name}-{policy}-s{first}.csv.worker{w}.csv")
                 try:
-                    with open(f) as fh:
-                        rows.append([r for r in csv.DictReader(fh)][100:])
+                    with open(f) as fh:  # (a failed run's file may end in a cut-off row)
+                        rows.append([r for r in csv.DictReader(fh)
+                                     if all(r.get(k) not in (None, "") for k in ("time_s", "compute_ms", "steal_ms", "exchange_ms"))][100:])
                 except OSError:
                     rows = []
                     break

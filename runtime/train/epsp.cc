@@ -103,9 +103,15 @@ void ShardEngine::laneMain(int i) {
     int64_t step = 0;
     {
       std::unique_lock<std::mutex> lk(mu_);
-      work_.wait(lk, [&] {
-        return stop_ || (i < active_ && static_cast<int>(queue_.size()) > reserved_);
-      });
+      // An active lane waits at most 2 ms between checks: the predicate depends on the
+      // reserve too, which more than one path lowers; an inactive lane (i >= p_w) is woken by
+      // startOwn, which follows every change of p_w.
+      while (!(stop_ || (i < active_ && static_cast<int>(queue_.size()) > reserved_))) {
+        if (i < active_)
+          work_.wait_for(lk, std::chrono::milliseconds(2));
+        else
+          work_.wait(lk);
+      }
       if (stop_) return;
       task = queue_.front();
       queue_.pop_front();
@@ -465,16 +471,12 @@ void ShardEngine::sendSteal(int v, int64_t clock, bool early) {
 
 void ShardEngine::askEarly(int64_t step, const std::function<bool(int rank)>& alive) {
   if (!enforced_ || !cfg_.transfer || perSample_ <= 0) return;
-  // The worker that granted this one shards most recently (within the last 8 iterations; the
-  // most shards on a tie): a straggler. (Not only the last iteration: there the early askers
-  // may have taken everything, and this worker would pay a round trip at the end for nothing.)
+  // The worker that granted this one the most shards in the last iteration: a straggler.
   int target = -1;
-  int64_t latest = step - 9, most = 0;
+  int64_t most = 0;
   for (int v = 0; v < static_cast<int>(finished_.size()); ++v)
-    if (v != w_ && !finished_[v] && !pending_[v] && grantedCount_[v] > 0 &&
-        (grantedStep_[v] > latest || (grantedStep_[v] == latest && grantedCount_[v] > most)) &&
+    if (v != w_ && !finished_[v] && !pending_[v] && grantedStep_[v] == step - 1 && grantedCount_[v] > most &&
         alive(layout_.workerRank(v))) {
-      latest = grantedStep_[v];
       most = grantedCount_[v];
       target = v;
     }
@@ -486,6 +488,14 @@ int64_t ShardEngine::stealRound(int64_t clock, const std::function<bool()>& stop
   if (!cfg_.transfer) return 0;
   const int workers = static_cast<int>(finished_.size());
   granted_ = 0;
+  {
+    // Its own shards are done: nothing is held back any more (stolen shards queue behind).
+    std::lock_guard<std::mutex> lk(mu_);
+    if (enforced_ && reserved_ > 0) {
+      reserved_ = 0;
+      work_.notify_all();
+    }
+  }
   // Every other worker is asked at once; one that grants shards is asked again (with this
   // worker's new backlog) as soon as its answer is in; one that has none is not asked again.
   std::vector<char> want(static_cast<size_t>(workers), 1);

@@ -81,8 +81,8 @@ class ShardEngine {
   // grant. Returns when no request is unanswered and the lanes are idle; the shards computed.
   int64_t stealRound(int64_t clock, const std::function<bool()>& stop,
                      const std::function<bool(int rank)>& alive);
-  // Enforced mode, right after startOwn: asks the worker that gave it shards most recently
-  // (within 8 iterations) for shards now, saying how long this worker's own shards still take (kEarly),
+  // Enforced mode, right after startOwn: asks the worker that gave it the most shards last
+  // iteration for shards now, saying how long this worker's own shards still take (kEarly),
   // so that the grant arrives while this worker computes and the slow worker never starts
   // shards that a faster one would finish first. The answer is taken by service(); stealRound waits for it.
   void askEarly(int64_t step, const std::function<bool(int rank)>& alive);
