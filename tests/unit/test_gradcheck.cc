@@ -148,6 +148,14 @@ TEST(GradCheck, WholeCnnModel) {
   }
 }
 
+// n random 28x28 images in [-1, 1).
+std::vector<float> randomImages(std::mt19937_64& rng, int n) {
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(n) * 784);
+  for (auto& v : x) v = u(rng);
+  return x;
+}
+
 // EPSP's lanes accumulate several shards' mean gradients in place: the result must be the sum
 // of the separate gradients, for every parameter of every layer (conv, dense, biases).
 TEST(GradCheck, AccumulateAddsBatchGradients) {
@@ -156,10 +164,7 @@ TEST(GradCheck, AccumulateAddsBatchGradients) {
     Model m(be, parseModelSpec(spec), 3);
     m.initParams(7);
     std::mt19937_64 rng(3);
-    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-    std::vector<float> x1(3 * 784), x2(2 * 784);
-    for (auto& v : x1) v = u(rng);
-    for (auto& v : x2) v = u(rng);
+    const std::vector<float> x1 = randomImages(rng, 3), x2 = randomImages(rng, 2);
     std::vector<int32_t> y1 = {1, 4, 9}, y2 = {0, 6};
     std::vector<float> g1, g2, acc;
     m.forwardBackward(x1.data(), y1.data(), 3, 5, 1);
@@ -187,10 +192,7 @@ TEST(GradCheck, DeferredDenseWeightsEqualTheAccumulatedGradient) {
     Model m(be, parseModelSpec(spec), 3);
     m.initParams(7);
     std::mt19937_64 rng(3);
-    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-    std::vector<float> x1(3 * 784), x2(2 * 784), x3(3 * 784);
-    for (auto* x : {&x1, &x2, &x3})
-      for (auto& v : *x) v = u(rng);
+    const std::vector<float> x1 = randomImages(rng, 3), x2 = randomImages(rng, 2), x3 = randomImages(rng, 3);
     std::vector<int32_t> y1 = {1, 4, 9}, y2 = {0, 6}, y3 = {3, 3, 8};
     std::vector<float> want, got, before;
     m.forwardBackward(x1.data(), y1.data(), 3, 5, 1, false, 0.25f);
