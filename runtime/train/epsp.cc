@@ -15,13 +15,6 @@ namespace phx::train {
 
 using transport::Header;
 using transport::MsgType;
-using Clock = std::chrono::steady_clock;
-
-namespace {
-double seconds(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double>(b - a).count();
-}
-}  // namespace
 
 ShardEngine::ShardEngine(const Config& cfg, const data::Dataset& train, const ps::RoleLayout& layout,
                          transport::Transport& t, int worker, int64_t stepsPerEpoch, bool enforced,
@@ -117,13 +110,13 @@ void ShardEngine::laneMain(int i) {
       queue_.pop_front();
       ++inflight_;
       L.busy = true;
-      L.began = Clock::now();
+      L.began = std::chrono::steady_clock::now();
       params = params_;
       version = version_;
       step = curStep_;
     }
     try {
-      const auto c0 = Clock::now();
+      const auto c0 = std::chrono::steady_clock::now();
       if (L.version != version) {
         // CPU lanes compute with the published weights in place; device lanes copy them.
         if (cpu_)
@@ -142,7 +135,7 @@ void ShardEngine::laneMain(int i) {
       // Injected straggling scales this lane's real compute (this worker's slowness at its
       // current iteration, whoever owns the shard).
       const double slept = straggleAfter(straggle_.factorFor(cfg_.seed, t_.rank(), step), c0);
-      const double took = seconds(c0, Clock::now());
+      const double took = secondsBetween(c0, std::chrono::steady_clock::now());
       if (!cfg_.auditSamples.empty())
         for (int s = 0; s < task.n; ++s) L.audit.emplace_back(task.epoch, task.ids[s]);
       std::lock_guard<std::mutex> lk(mu_);
@@ -340,7 +333,7 @@ void ShardEngine::finish(const std::function<bool(int rank)>& alive, double time
     f.client = w_;
     sends_.push_back(t_.send(layout_.workerRank(v), f, nullptr));
   }
-  const auto deadline = Clock::now() + std::chrono::duration<double>(timeoutS);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeoutS);
   transport::Backoff b;
   for (;;) {
     service();
@@ -348,15 +341,15 @@ void ShardEngine::finish(const std::function<bool(int rank)>& alive, double time
     for (int v = 0; v < layout_.workers(); ++v)
       if (!finished_[v] && alive(layout_.workerRank(v))) all = false;
     if (all) break;
-    if (Clock::now() > deadline)
+    if (std::chrono::steady_clock::now() > deadline)
       throw transport::PeerFailure({}, 0,
                                    detail::concat("worker ", w_, " waited ", timeoutS,
                                                   " s for the other workers to finish their shards"));
     b.pause();
   }
   for (auto id : sends_) {
-    const auto until = Clock::now() + std::chrono::duration<double>(timeoutS);
-    while (!t_.sendDone(id) && Clock::now() < until) b.pause();
+    const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeoutS);
+    while (!t_.sendDone(id) && std::chrono::steady_clock::now() < until) b.pause();
   }
   sends_.clear();
 }

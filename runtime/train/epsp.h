@@ -8,6 +8,7 @@
 // same seeded epoch permutation). Every sample of an epoch is computed exactly once.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -28,6 +29,10 @@
 #include "runtime/transport/transport.h"
 
 namespace phx::train {
+
+inline double secondsBetween(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
 
 // Shard k of worker `owner`'s iteration `step`: n samples, ids into the owner's epoch order.
 struct ShardTask {

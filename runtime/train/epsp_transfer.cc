@@ -13,13 +13,6 @@ namespace phx::train {
 
 using transport::Header;
 using transport::MsgType;
-using Clock = std::chrono::steady_clock;
-
-namespace {
-double seconds(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double>(b - a).count();
-}
-}  // namespace
 
 // Enforced EPSP: a worker slower than the others keeps back the own shards that the faster
 // workers would finish sooner than it (they ask when their own shards are done): its lanes
@@ -29,7 +22,7 @@ double seconds(Clock::time_point a, Clock::time_point b) {
 // worker asks nothing).
 void ShardEngine::reserve() {
   reserved_ = 0;
-  stepStart_ = Clock::now();
+  stepStart_ = std::chrono::steady_clock::now();
   if (!enforced_ || !cfg_.transfer || perSample_ <= 0 || median_ <= 0) return;
   int others = 0;
   for (int v = 0; v < static_cast<int>(finished_.size()); ++v)
@@ -60,7 +53,7 @@ void ShardEngine::releaseReserve() {
   bool all = true;
   for (int v = 0; v < static_cast<int>(finished_.size()); ++v)
     if (v != w_ && !finished_[v] && doneAt_[v] != curStep_) all = false;
-  if (all || seconds(stepStart_, Clock::now()) > releaseAfter_) {
+  if (all || secondsBetween(stepStart_, std::chrono::steady_clock::now()) > releaseAfter_) {
     reserved_ = 0;
     work_.notify_all();
   }
@@ -75,9 +68,9 @@ int ShardEngine::grantable() const {
 double ShardEngine::remainingSeconds() const {
   const double shardS = static_cast<double>(cfg_.batch) / cfg_.shards * perSample_;
   double left = static_cast<double>(queue_.size()) * shardS;
-  const auto now = Clock::now();
+  const auto now = std::chrono::steady_clock::now();
   for (const auto& L : lanes_)
-    if (L.busy) left += std::max(0.0, shardS - seconds(L.began, now));
+    if (L.busy) left += std::max(0.0, shardS - secondsBetween(L.began, now));
   return left / std::max(1, active_);
 }
 
@@ -206,7 +199,7 @@ void ShardEngine::sendSteal(int v, int64_t clock, bool early) {
       q.aux = static_cast<int32_t>(std::min(2e9, 1e6 * remainingSeconds()));
     }
     pending_[v] = 1;
-    pendingSince_[v] = Clock::now();
+    pendingSince_[v] = std::chrono::steady_clock::now();
     ++counters_.stealRequests;
   }
   reapSends();
@@ -257,7 +250,7 @@ int64_t ShardEngine::stealRound(int64_t clock, const std::function<bool()>& stop
     {
       std::lock_guard<std::mutex> lk(mu_);
       if (laneError_) std::rethrow_exception(laneError_);
-      const auto now = Clock::now();
+      const auto now = std::chrono::steady_clock::now();
       for (int v = 0; v < workers; ++v) {
         if (v == w_) continue;
         if (!live[v]) {
@@ -274,7 +267,7 @@ int64_t ShardEngine::stealRound(int64_t clock, const std::function<bool()>& stop
         }
         if (pending_[v]) {
           waiting = true;
-          if (seconds(pendingSince_[v], now) > cfg_.peerTimeoutS) overdue = v;
+          if (secondsBetween(pendingSince_[v], now) > cfg_.peerTimeoutS) overdue = v;
         }
       }
       if (ask.empty() && !waiting && queue_.empty() && inflight_ == 0) return granted_;
