@@ -23,7 +23,6 @@ ShardEngine::ShardEngine(const Config& cfg, const data::Dataset& train, const ps
       enforced_(enforced), elastic_(elastic), straggle_(cfg.straggleSpec()),
       spec_(kernels::parseModelSpec(cfg.model)), sharder_(train.count, layout.workers(), cfg.seed),
       finished_(static_cast<size_t>(layout.workers()), 0),
-      lastRemaining_(static_cast<size_t>(layout.workers()), 0.0),
       pending_(static_cast<size_t>(layout.workers()), 0),
       pendingSince_(static_cast<size_t>(layout.workers())),
       answeredAt_(static_cast<size_t>(layout.workers()), -1),

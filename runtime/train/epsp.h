@@ -175,7 +175,6 @@ class ShardEngine {
   std::vector<Lane> lanes_;
 
   std::vector<char> finished_;          // by worker index
-  std::vector<double> lastRemaining_;   // by worker index: projected seconds left, last grant
   // Task transfer state, by worker index: a steal request to it is unanswered (since when);
   // the step at which it was last answered by this worker, at which it said it had no own
   // shard left to compute (its request) and at which it held none back for others (its grant).

@@ -167,7 +167,6 @@ void ShardEngine::service() {
 
 void ShardEngine::takeGrant(const Header& g, int v) {
   pending_[v] = 0;
-  lastRemaining_[v] = g.value;
   if (g.aux == 0) noneLeftAt_[v] = g.clock;
   if (g.version <= g.offset) return;  // nothing (left) to give
   PHX_ENFORCE(g.offset >= 0 && g.version <= cfg_.shards, "grant of shards [", g.offset, ", ", g.version,
