@@ -15,6 +15,7 @@
 #include "runtime/core/log.h"
 #include "runtime/transport/mpi/launch.h"
 #include "runtime/transport/mpi/ulfm.h"
+#include "runtime/transport/mpi/watchdog.h"
 
 namespace phx::recovery {
 
@@ -23,39 +24,8 @@ namespace {
 constexpr int kTagBoot = 7;   // root -> new process: rank, map (ints)
 constexpr int kTagView = 8;   // root -> new process: the view it joins at (bytes)
 
-// Ends the process with a one-line error if the step it guards does not finish in time (a
-// collective that lost a member never returns with Open MPI 4.1).
-class Watchdog {
- public:
-  Watchdog(double seconds, std::string what) : what_(std::move(what)) {
-    thread_ = std::thread([this, seconds] {
-      std::unique_lock<std::mutex> lock(mu_);
-      if (!cv_.wait_for(lock, std::chrono::duration<double>(seconds), [this] { return done_; })) {
-        std::fprintf(stderr,
-                     "phoenix: error: %s did not finish within %.0f s (another failure during "
-                     "the rebuild?); this rank leaves; restart with --resume DIR\n",
-                     what_.c_str(), seconds);
-        std::fflush(nullptr);
-        _exit(3);
-      }
-    });
-  }
-  ~Watchdog() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      done_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-
- private:
-  std::string what_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  std::thread thread_;
-};
+constexpr const char* kRebuildAdvice =
+    "another failure during the rebuild? this rank leaves; restart with --resume DIR";
 
 // This process's command line: the replacement runs the same `phoenix train ...`.
 std::vector<std::string> ownCommandLine() {
@@ -192,7 +162,7 @@ bool MpiRespawner::respawn(const View& v, const View& next) {
     }
   std::string who;
   for (const Respawn& p : v.respawn) who += detail::concat(who.empty() ? "" : ", ", p.rank);
-  Watchdog wd(timeoutS_, detail::concat("starting a replacement for rank ", who));
+  transport::Watchdog wd(timeoutS_, detail::concat("starting a replacement for rank ", who), kRebuildAdvice);
 
   // 1. the survivors' communicator; 2. every survivor acts on the same view
   MPI_Comm surv = survivorsComm(base_, baseRanks, v.epoch);
@@ -249,7 +219,7 @@ bool MpiRespawner::respawn(const View& v, const View& next) {
 }
 
 MpiRespawner::Joined MpiRespawner::join(MPI_Comm parent, double timeoutS) {
-  Watchdog wd(timeoutS, "joining the job as a replacement");
+  transport::Watchdog wd(timeoutS, "joining the job as a replacement", kRebuildAdvice);
   MPI_Comm_set_errhandler(parent, MPI_ERRORS_RETURN);
   MPI_Comm merged = MPI_COMM_NULL;
   PHX_MPI_CHECK(MPI_Intercomm_merge(parent, 1, &merged));

@@ -19,6 +19,7 @@
 #include "runtime/core/log.h"
 #include "runtime/train/dist_trainer.h"
 #include "runtime/train/local_trainer.h"
+#include "runtime/transport/mpi/join.h"
 #include "runtime/transport/mpi/launch.h"
 #include "runtime/transport/mpi/mpi_transport.h"
 
@@ -69,9 +70,10 @@ int runTrain(phx::Config& cfg) {
       // The failure detector gets a communicator of its own, and rebuilds one more (all
       // duplicated while everyone is alive; only point-to-point traffic goes over the first two).
       MPI_Comm detComm, baseComm;
-      PHX_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &detComm));
-      PHX_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &baseComm));
-      phx::transport::MpiTransport t(MPI_COMM_WORLD);
+      const MPI_Comm job = phx::transport::jobComm();  // MPI_COMM_WORLD, or the launches joined
+      PHX_MPI_CHECK(MPI_Comm_dup(job, &detComm));
+      PHX_MPI_CHECK(MPI_Comm_dup(job, &baseComm));
+      phx::transport::MpiTransport t(job);
       phx::transport::MpiTransport dt(detComm);
       std::vector<int> identity(size);
       for (int i = 0; i < size; ++i) identity[i] = i;

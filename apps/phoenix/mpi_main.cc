@@ -4,10 +4,12 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <thread>
 
 #include "runtime/core/error.h"
+#include "runtime/transport/mpi/join.h"
 #include "runtime/transport/mpi/mpi_transport.h"
 #include "runtime/transport/mpi/ulfm.h"
 
@@ -43,10 +45,15 @@ int runUnderMpi(const std::function<void(int rank, int size)>& body) {
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm endComm = MPI_COMM_NULL;
-  if (transport::ulfm::active()) MPI_Comm_dup(MPI_COMM_WORLD, &endComm);
   int code = 0;
   bool excluded = false;
   try {
+    // one launch per host (join.h): every launch's ranks joined into one job communicator
+    const char* jt = std::getenv("PHX_JOIN_TIMEOUT");
+    const MPI_Comm job = transport::joinLaunches(jt ? std::atof(jt) : 120.0);
+    MPI_Comm_size(job, &size);
+    MPI_Comm_rank(job, &rank);
+    if (transport::ulfm::active()) MPI_Comm_dup(job, &endComm);
     body(rank, size);
   } catch (const UserError& e) {
     std::fprintf(stderr, "phoenix: error: [rank %d] %s\n", rank, e.what());
@@ -66,7 +73,7 @@ int runUnderMpi(const std::function<void(int rank, int size)>& body) {
   // An excluded rank leaves alone (the others go on without it); any other failure ends the
   // whole job at once instead of leaving the peers waiting.
   if (excluded) _exit(code);
-  if (code != 0 && size > 1) MPI_Abort(MPI_COMM_WORLD, code);
+  if (code != 0 && size > 1) MPI_Abort(transport::jobComm(), code);
   boundedFinalize(code, 10.0, endComm);
   return code;
 }

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "recovery/checkpoint.h"
 #include "runtime/core/log.h"
 #include "runtime/sync/sync_policy.h"
 
@@ -106,6 +107,9 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
   releaseAll(t_, ft_, cfg_.peerTimeoutS);
 
   const EvalResult e = evaluate(model_, fm_.test, cfg_.evalBatch);
+  std::vector<float> finalWeights;
+  model_.getParams(finalWeights);
+  const uint32_t weightsCrc = recovery::crcOf(finalWeights);
   TrainResult res;
   res.finalTestLoss = e.loss;
   res.finalTrainLoss = lastTrainLoss;
@@ -205,6 +209,8 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
              {"train_seconds", std::to_string(trainSeconds)},
              {"final_train_loss", std::to_string(lastTrainLoss)},
              {"final_test_loss", std::to_string(e.loss)},
+             // the final weights' CRC-32: equal runs (fixed seeds, BSP) give equal values
+             {"final_weights_crc32", std::to_string(weightsCrc)},
              {"workers", std::to_string(layout_.workers())},
              {"servers", std::to_string(layout_.servers())},
              {"group_size", std::to_string(layout_.groupSize())},

@@ -1,5 +1,6 @@
 #include "runtime/transport/mpi/mpi_transport.h"
 
+#include "runtime/transport/mpi/join.h"
 #include "runtime/transport/mpi/ulfm.h"
 
 #include <algorithm>
@@ -36,7 +37,7 @@ void mpiFail(const char* call, int rc, const char* file, int line) {
   gethostname(host, sizeof host);
   int rank = -1, init = 0;
   MPI_Initialized(&init);
-  if (init) MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  if (init) MPI_Comm_rank(jobComm(), &rank);
   detail::throwLibrary("MPI", file, line,
                        detail::concat(call, " failed on ", host, " rank ", rank, ": ", msg));
 }
