@@ -23,6 +23,7 @@ FailureDetector::FailureDetector(transport::Transport& t, const ps::RoleLayout& 
               layout.worldSize());
   lastHeard_.assign(n, steadyNow());
   lastHeardUnix_.assign(n, unixNow());
+  lastFresh_.assign(n, steadyNow());
   killUnix_.assign(n, 0);
   left_ranks_.assign(n, 0);
   suspect_.assign(n, 0);
@@ -135,6 +136,7 @@ void FailureDetector::sendBeat(int dst, int epoch) {
   Header hb;
   hb.type = MsgType::kHeartbeat;
   hb.epoch = epoch;
+  hb.value = unixNow();  // when it was sent: a beat queued behind a cut link arrives stale
   sends_.emplace_back(t_.send(dst, hb, nullptr), std::vector<unsigned char>{});
 }
 
@@ -157,6 +159,7 @@ void FailureDetector::install(const View& v, bool announce) {
     }
     suspect_[r] = 0;
     lastHeard_[r] = now;  // new relationships start with a full timeout
+    lastFresh_[r] = now;
   }
   candidate_ = -1;
   acting_ = false;
@@ -193,11 +196,40 @@ void FailureDetector::runRespawn(const View& v) {
   install(next, true);
 }
 
+bool FailureDetector::inMinority(const View& cur, double now) {
+  // reachable: this rank and those heard from lately (ranks time out one by one, so counting
+  // only those past the timeout would let a cut-off rank declare the others dead one at a time)
+  const double window = std::max(2 * opt_.heartbeatS, opt_.timeoutS / 2);
+  int members = 0, reachable = 0;
+  for (int r = 0; r < static_cast<int>(cur.alive.size()); ++r) {
+    if (!cur.alive[r] || left_ranks_[r]) continue;
+    ++members;
+    if (r == me_ || now - lastFresh_[r] <= window) ++reachable;
+  }
+  if (2 * reachable > members) {
+    minoritySince_ = -1;
+    return false;
+  }
+  if (minoritySince_ < 0) {
+    minoritySince_ = now;
+    log::warn("lost contact with ", members - reachable, " of ", members, " ranks: this rank may be the "
+              "one cut off, and a minority issues no view; waiting up to ", opt_.minorityWaitS,
+              " s for them");
+  } else if (now - minoritySince_ > opt_.minorityWaitS) {
+    log::error("still cut off from ", members - reachable, " of ", members, " ranks after ",
+               opt_.minorityWaitS, " s; leaving the job (the others go on without this rank)");
+    fenced_.store(true);
+  }
+  return true;
+}
+
 void FailureDetector::tick() {
   const double now = steadyNow();
   // Our own thread did not run for a long while (SIGSTOP, swapped out): blame ourselves.
-  if (now - lastTick_ > opt_.timeoutS / 2)
+  if (now - lastTick_ > opt_.timeoutS / 2) {
     for (double& h : lastHeard_) h = now;
+    for (double& h : lastFresh_) h = now;
+  }
   lastTick_ = now;
   reapSends();
   if (fenced_.load()) return;
@@ -212,11 +244,13 @@ void FailureDetector::tick() {
     if (r >= 0 && r < static_cast<int>(mpiFailed_.size()) && r != me_) mpiFailed_[r] = 1;
   while (t_.poll(MsgType::kHeartbeat, &h, &src)) {
     if (!cur.isAlive(src)) {
-      if (h.epoch < cur.epoch) sendView(src, cur);  // fence a resumed, excluded rank
+      // fence a resumed, excluded rank (or one cut off that issued a view of its own: same epoch)
+      if (h.epoch <= cur.epoch) sendView(src, cur);
       continue;
     }
     lastHeard_[src] = now;
     lastHeardUnix_[src] = unixNow();
+    if (unixNow() - h.value < opt_.timeoutS) lastFresh_[src] = now;
   }
   for (int r = 0; r < static_cast<int>(mpiFailed_.size()); ++r)
     if (mpiFailed_[r] && cur.isAlive(r)) lastHeard_[r] = std::min(lastHeard_[r], now - 2 * opt_.timeoutS);
@@ -225,7 +259,9 @@ void FailureDetector::tick() {
     t_.recvPayload(src, MsgType::kView, buf.data(), buf.size(), 1.0);
     const View v = View::parse(buf.data(), buf.size());
     lastHeard_[src] = now;
-    if (v.epoch > cur.epoch) {
+    // a view of our own epoch that excludes us: two sides of a cut link both issued one; the
+    // side that cannot hear a majority never does (inMinority), so ours is the stale one
+    if (v.epoch > cur.epoch || (v.epoch == cur.epoch && !v.isAlive(me_) && opt_.majority)) {
       install(v, false);
       cur = v;
     }
@@ -261,11 +297,18 @@ void FailureDetector::tick() {
     if (!acting_) {
       acting_ = true;
       for (double& x : lastHeard_) x = std::max(x, now - opt_.heartbeatS);
+      for (double& x : lastFresh_) x = std::max(x, now - opt_.heartbeatS);
     }
     std::vector<int> dead;
     for (int r = 0; r < static_cast<int>(cur.alive.size()); ++r) {
       if (r == me_ || !cur.alive[r] || left_ranks_[r]) continue;
       if (suspect_[r] || now - lastHeard_[r] > opt_.timeoutS) dead.push_back(r);
+    }
+    if (!dead.empty() && opt_.majority && inMinority(cur, now)) {
+      if (beat)  // a restored link brings the majority's newer view back in answer (fencing)
+        for (int r = 0; r < static_cast<int>(cur.alive.size()); ++r)
+          if (r != me_ && cur.alive[r] && !left_ranks_[r]) sendBeat(r, cur.epoch);
+      return;
     }
     if (!dead.empty()) {
       // Replacements only while every live rank can take part in starting them (a rank that

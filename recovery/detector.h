@@ -48,6 +48,11 @@ namespace phx::recovery {
 struct DetectorOptions {
   double heartbeatS = 0.1;  // --heartbeat-ms
   double timeoutS = 0.5;    // --failure-timeout-ms
+  // Jobs over several hosts, where a link can be cut: a coordinator that hears from half or
+  // fewer of the live ranks (itself included) issues no view (it may be the one cut off); it
+  // waits for them, and leaves after minorityWaitS if they do not come back.
+  bool majority = false;
+  double minorityWaitS = 5;
 };
 
 // Starts the replacements a view asks for (v.respawn; recovery/respawn.h): collective over the
@@ -110,12 +115,17 @@ class FailureDetector {
   // thread-only state
   std::vector<double> lastHeard_;      // steady seconds
   std::vector<double> lastHeardUnix_;  // wall seconds
+  std::vector<double> lastFresh_;      // steady seconds: last beat that was sent < timeout ago
   std::vector<double> killUnix_;
   std::vector<char> left_ranks_, suspect_;
   std::vector<char> mpiFailed_;  // ranks the MPI library reported failed (ULFM)
   Respawner respawner_;
   void runRespawn(const View& v);
+  // majority rule (DetectorOptions::majority): true while this rank hears from half or fewer
+  // of cur's live ranks (itself included)
+  bool inMinority(const View& cur, double now);
   double lastBeat_ = -1e9, lastTick_ = 0;
+  double minoritySince_ = -1;  // when this coordinator last found itself in a minority
   int candidate_ = -1;
   bool acting_ = false;
   std::deque<std::pair<transport::SendId, std::vector<unsigned char>>> sends_;

@@ -41,6 +41,7 @@ int runTrain(phx::Config& cfg) {
   cfg.launchSurvives = phx::transport::launchSurvives();
   cfg.survivorFlag = phx::transport::recoveryLaunchFlag();
   cfg.launchCanSpawn = phx::recovery::MpiRespawner::launchCanSpawn();
+  cfg.launches = phx::transport::launchSet().count;
   if (!cfg.resumeDir.empty() && cfg.checkpointDir == phx::Config{}.checkpointDir)
     cfg.checkpointDir = cfg.resumeDir;  // a resumed run goes on writing where it left off
   cfg.validate();

@@ -98,6 +98,7 @@ struct Config {
   std::string straggleRandom;
   double stragglerTheta = 0.2;  // projection: a straggler's step average exceeds (1 + theta) x median
   bool launchSurvives = false;  // set by apps/: the MPI launch keeps survivors alive
+  int launches = 1;             // set by apps/: mpiruns joined into this job (one per host)
   // set by apps/: the mpirun flag that keeps survivors alive with the MPI in use
   std::string survivorFlag = "--enable-recovery";
   // outputs

@@ -416,7 +416,8 @@ TrainResult runDistributed(const Config& cfg, transport::Transport& t,
   if (detectorT) {
     det = std::make_unique<recovery::FailureDetector>(
         *detectorT, layout,
-        recovery::DetectorOptions{cfg.heartbeatMs / 1000.0, cfg.failureTimeoutMs / 1000.0});
+        recovery::DetectorOptions{cfg.heartbeatMs / 1000.0, cfg.failureTimeoutMs / 1000.0,
+                                  cfg.launches > 1, std::max(5.0, 10 * cfg.failureTimeoutMs / 1000.0)});
     if (membership && membership->respawn) det->setRespawner(membership->respawn);
     if (replacement) det->adopt(*membership->joinView);
     det->start();

@@ -58,7 +58,7 @@ struct FtContext {
   double startUnix = 0;
   int chief = -1;  // the chief worker's rank in the newest accepted view
 
-  bool changed() const { return det && det->epoch() != acked; }
+  bool changed() const { return det && (det->epoch() != acked || det->fenced()); }
   // Takes the newest view: dead ranks are cut off the training transport, the epoch is
   // acknowledged. With --recovery none any failure ends the job here.
   recovery::View accept() {

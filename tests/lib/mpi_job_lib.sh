@@ -22,3 +22,12 @@ if [ "${FT_FLAG[0]}" = "--with-ft" ]; then
   MPI_EXTRA=(--mca btl self,sm,tcp)
   export OMPI_MCA_btl_tcp_if_include=lo
 fi
+
+# audit_once PREFIX N: the --audit-samples files PREFIX.w* list N distinct samples, each once.
+audit_once() {
+  /usr/bin/python3 - "$1" "$2" <<'PY'
+import collections, glob, sys
+c = collections.Counter(tuple(l.split()) for f in glob.glob(sys.argv[1] + ".w*") for l in open(f))
+sys.exit(0 if len(c) == int(sys.argv[2]) and max(c.values()) == 1 else 1)
+PY
+}

@@ -43,12 +43,17 @@ LaunchSet launchSet() {
   LaunchSet ls;
   const char* l = std::getenv("PHX_LAUNCH");
   if (!l || !*l) return ls;
+  const char* j = std::getenv("PHX_JOB");
+  ls.job = j ? j : "";
+  if (std::string(l) == "join") {
+    ls.standby = true;
+    if (ls.job.empty()) PHX_USER_ERROR("PHX_LAUNCH=join needs PHX_JOB (use phoenix-launch --join)");
+    return ls;
+  }
   char slash = 0;
   if (std::sscanf(l, "%d%c%d", &ls.index, &slash, &ls.count) != 3 || slash != '/' || ls.count < 1 ||
       ls.index < 0 || ls.index >= ls.count)
     PHX_USER_ERROR("PHX_LAUNCH='", l, "' is not K/N with 0 <= K < N (set by phoenix-launch)");
-  const char* j = std::getenv("PHX_JOB");
-  ls.job = j ? j : "";
   if (ls.count > 1 && ls.job.empty())
     PHX_USER_ERROR("PHX_LAUNCH is set but PHX_JOB is not (start multi-host jobs with phoenix-launch)");
   return ls;
@@ -58,7 +63,11 @@ MPI_Comm jobComm() { return g_job == MPI_COMM_NULL ? MPI_COMM_WORLD : g_job; }
 
 MPI_Comm joinLaunches(double timeoutS) {
   const LaunchSet ls = launchSet();
-  if (ls.count == 1) return g_job = MPI_COMM_WORLD;
+  MPI_Comm parent = MPI_COMM_NULL;
+  MPI_Comm_get_parent(&parent);
+  // a process spawned by the job, or a standby launch (PHX_LAUNCH=join), joins later, through
+  // recovery/respawn.h, not here
+  if (ls.count == 1 || parent != MPI_COMM_NULL || ls.standby) return g_job = MPI_COMM_WORLD;
   const auto t0 = std::chrono::steady_clock::now();
   int wrank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &wrank);

@@ -25,8 +25,9 @@ namespace phx::transport {
 struct LaunchSet {
   int index = 0, count = 1;  // this launch, and how many launches make the job
   std::string job;           // the job's name in the name service
+  bool standby = false;      // PHX_LAUNCH=join: a replacement launch for a running job
 };
-// From PHX_LAUNCH / PHX_JOB (count 1 when unset). Throws UserError when they are malformed.
+// From PHX_LAUNCH (K/N, or "join" for a standby) / PHX_JOB (count 1 when unset). Throws UserError when they are malformed.
 LaunchSet launchSet();
 
 // Joins the launches (collective over every rank of every launch; a no-op for one launch) and
