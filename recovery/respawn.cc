@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -173,22 +174,10 @@ bool MpiRespawner::respawn(const View& v, const View& next) {
     return false;
   }
 
-  // 3. spawn, merge, duplicate
+  // 3. spawn (or connect to a standby), merge, duplicate
   const int k = static_cast<int>(v.respawn.size());
-  std::vector<char*> args;
-  for (size_t i = 1; i < argv_.size(); ++i) args.push_back(const_cast<char*>(argv_[i].c_str()));
-  args.push_back(nullptr);
-  MPI_Comm inter = MPI_COMM_NULL;
-  std::vector<int> errs(k, MPI_SUCCESS);
-  const int rc = MPI_Comm_spawn(argv_[0].c_str(), args.data(), k, MPI_INFO_NULL, 0, surv, &inter, errs.data());
-  if (rc != MPI_SUCCESS || inter == MPI_COMM_NULL) {
-    char msg[MPI_MAX_ERROR_STRING] = "";
-    int len = 0;
-    MPI_Error_string(rc, msg, &len);
-    log::error("respawn: MPI_Comm_spawn of ", argv_[0], " failed: ", msg,
-               " (spawning needs Open MPI's mpirun; under srun use --spares)");
-    return false;
-  }
+  MPI_Comm inter = startProcesses(surv, k);
+  if (inter == MPI_COMM_NULL) return false;
   MPI_Comm merged = MPI_COMM_NULL;
   PHX_MPI_CHECK(MPI_Intercomm_merge(inter, 0, &merged));
   MPI_Comm detC = dupReturning(merged), trainC = dupReturning(merged), baseC = dupReturning(merged);
@@ -216,6 +205,96 @@ bool MpiRespawner::respawn(const View& v, const View& next) {
   log::warn("started a replacement for rank ", who, " in ",
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), " s");
   return true;
+}
+
+namespace {
+constexpr int kStandbySlots = 8;
+std::string standbyName(const std::string& job, int slot) {
+  return detail::concat("phoenix.", job, ".standby.", slot);
+}
+}  // namespace
+
+MPI_Comm MpiRespawner::startProcesses(MPI_Comm surv, int k) {
+  MPI_Comm inter = MPI_COMM_NULL;
+  if (!standbyJob_.empty()) {
+    if (k != 1) {
+      log::error("respawn: ", k, " ranks need a replacement at once; a standby launch replaces one "
+                 "rank at a time; none started");
+      return MPI_COMM_NULL;
+    }
+    int me = 0;
+    MPI_Comm_rank(surv, &me);
+    char port[MPI_MAX_PORT_NAME] = "";
+    int found = 0;
+    if (me == 0) {
+      MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);  // name-service errors
+      for (int s = 0; s < kStandbySlots && !found; ++s)
+        found = MPI_Lookup_name(standbyName(standbyJob_, s).c_str(), MPI_INFO_NULL, port) == MPI_SUCCESS;
+    }
+    if (MPI_Bcast(&found, 1, MPI_INT, 0, surv) != MPI_SUCCESS || !found) {
+      log::error("respawn: no spare left and no standby launch waiting (start one with "
+                 "`phoenix-launch --join HOST:1 --job ", standbyJob_, " --dir DIR`)");
+      return MPI_COMM_NULL;
+    }
+    const int rc = MPI_Comm_connect(port, MPI_INFO_NULL, 0, surv, &inter);
+    if (rc != MPI_SUCCESS || inter == MPI_COMM_NULL) {
+      log::error("respawn: connecting to the standby launch failed (MPI error ", rc, ")");
+      return MPI_COMM_NULL;
+    }
+    return inter;
+  }
+  std::vector<char*> args;
+  for (size_t i = 1; i < argv_.size(); ++i) args.push_back(const_cast<char*>(argv_[i].c_str()));
+  args.push_back(nullptr);
+  std::vector<int> errs(k, MPI_SUCCESS);
+  const int rc = MPI_Comm_spawn(argv_[0].c_str(), args.data(), k, MPI_INFO_NULL, 0, surv, &inter, errs.data());
+  if (rc != MPI_SUCCESS || inter == MPI_COMM_NULL) {
+    char msg[MPI_MAX_ERROR_STRING] = "";
+    int len = 0;
+    MPI_Error_string(rc, msg, &len);
+    log::error("respawn: MPI_Comm_spawn of ", argv_[0], " failed: ", msg,
+               " (spawning needs Open MPI's mpirun; under srun use --spares)");
+    return MPI_COMM_NULL;
+  }
+  return inter;
+}
+
+MPI_Comm MpiRespawner::awaitAsStandby(const std::string& job) {
+  int size = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  if (size != 1)
+    PHX_USER_ERROR("a standby launch has one process (phoenix-launch --join HOST:1), not ", size);
+  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  char port[MPI_MAX_PORT_NAME] = "";
+  PHX_MPI_CHECK(MPI_Open_port(MPI_INFO_NULL, port));
+  std::string name;
+  for (int s = 0; s < kStandbySlots && name.empty(); ++s)
+    if (MPI_Publish_name(standbyName(job, s).c_str(), MPI_INFO_NULL, port) == MPI_SUCCESS)
+      name = standbyName(job, s);
+  if (name.empty())
+    PHX_USER_ERROR("job ", job, " has ", kStandbySlots, " standby launches already (or its name "
+                   "service is unreachable: is the job running, and --dir its directory?)");
+  log::warn("standby for job ", job, " (", name, "): waiting until the job needs a replacement");
+  // the job ends: its launcher stops the name service, and the name is gone
+  static std::atomic<bool> taken{false};
+  std::thread([name] {
+    char p[MPI_MAX_PORT_NAME] = "";
+    for (;;) {
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+      if (taken.load()) return;
+      if (MPI_Lookup_name(name.c_str(), MPI_INFO_NULL, p) != MPI_SUCCESS) {
+        std::fprintf(stderr, "phoenix: the job ended without needing this standby; leaving\n");
+        std::fflush(nullptr);
+        _exit(0);
+      }
+    }
+  }).detach();
+  MPI_Comm inter = MPI_COMM_NULL;
+  PHX_MPI_CHECK(MPI_Comm_accept(port, MPI_INFO_NULL, 0, MPI_COMM_SELF, &inter));
+  taken.store(true);
+  MPI_Unpublish_name(name.c_str(), MPI_INFO_NULL, port);
+  MPI_Close_port(port);
+  return inter;
 }
 
 MpiRespawner::Joined MpiRespawner::join(MPI_Comm parent, double timeoutS) {

@@ -62,6 +62,18 @@ class MpiRespawner {
   // Whether this launch can spawn processes (Open MPI's mpirun, not srun).
   static bool launchCanSpawn();
 
+  // Jobs over several hosts (runtime/transport/mpi/join.h): replacements come from standby
+  // launches (`phoenix-launch --join HOST:1`) instead of MPI_Comm_spawn. A standby publishes a
+  // port under "phoenix.JOB.standby.<slot>" and waits in MPI_Comm_accept; when a view needs a
+  // replacement the survivors' root looks the slots up, and the survivors connect to the first
+  // one found (collective), merge, and boot it as they would a spawned process. One rank per
+  // respawn (a view that needs several replacements at once gets none: its shards are lost).
+  void useStandbys(std::string job) { standbyJob_ = std::move(job); }
+  // In a standby launch (one process): publish, wait until a job needs this process (or the
+  // job's name service goes away: the job ended, then this process exits 0), and return the
+  // intercommunicator to the survivors, to pass to join().
+  static MPI_Comm awaitAsStandby(const std::string& job);
+
  private:
   MPI_Comm base_;
   std::vector<int> logicalOf_;
@@ -69,6 +81,9 @@ class MpiRespawner {
   transport::MpiTransport& train_;
   std::vector<std::string> argv_;
   double timeoutS_;
+  std::string standbyJob_;  // non-empty: replacements come from standby launches
+  // the intercommunicator to k new processes (spawned, or a standby), MPI_COMM_NULL on failure
+  MPI_Comm startProcesses(MPI_Comm surv, int k);
 };
 
 }  // namespace phx::recovery

@@ -41,7 +41,7 @@ int runTrain(phx::Config& cfg) {
   cfg.launchSurvives = phx::transport::launchSurvives();
   cfg.survivorFlag = phx::transport::recoveryLaunchFlag();
   cfg.launchCanSpawn = phx::recovery::MpiRespawner::launchCanSpawn();
-  cfg.launches = phx::transport::launchSet().count;
+  cfg.launches = phx::transport::launchSet().standby ? 2 : phx::transport::launchSet().count;
   if (!cfg.resumeDir.empty() && cfg.checkpointDir == phx::Config{}.checkpointDir)
     cfg.checkpointDir = cfg.resumeDir;  // a resumed run goes on writing where it left off
   cfg.validate();
@@ -52,6 +52,9 @@ int runTrain(phx::Config& cfg) {
   return phx::apps::runUnderMpi([&cfg](int, int size) {
     MPI_Comm parent = MPI_COMM_NULL;
     MPI_Comm_get_parent(&parent);
+    const phx::transport::LaunchSet ls = phx::transport::launchSet();
+    // a standby launch of a job over several hosts waits here until the job needs it
+    if (ls.standby) parent = phx::recovery::MpiRespawner::awaitAsStandby(ls.job);
     if (parent != MPI_COMM_NULL) {
       // A replacement started by the survivors (recovery/respawn.h): it takes a dead rank's
       // number and joins the job at the view they send.
@@ -59,6 +62,7 @@ int runTrain(phx::Config& cfg) {
       phx::transport::MpiTransport t(j.train, j.rank, j.logicalOf);
       phx::transport::MpiTransport dt(j.det, j.rank, j.logicalOf);
       phx::recovery::MpiRespawner resp(j.base, j.logicalOf, dt, t, {}, cfg.peerTimeoutS);
+      if (ls.count > 1 || ls.standby) resp.useStandbys(ls.job);
       phx::train::Membership m;
       m.respawn = [&resp](const phx::recovery::View& v, const phx::recovery::View& n) {
         return resp.respawn(v, n);
@@ -79,6 +83,7 @@ int runTrain(phx::Config& cfg) {
       std::vector<int> identity(size);
       for (int i = 0; i < size; ++i) identity[i] = i;
       phx::recovery::MpiRespawner resp(baseComm, identity, dt, t, {}, cfg.peerTimeoutS);
+      if (ls.count > 1) resp.useStandbys(ls.job);
       phx::train::Membership m;
       if (cfg.spawnReplacements())
         m.respawn = [&resp](const phx::recovery::View& v, const phx::recovery::View& n) {

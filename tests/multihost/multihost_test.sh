@@ -21,17 +21,19 @@ BED=phxmh$$
 BED=${BED:0:6}
 "$BEDSH" down "$BED" > /dev/null  # a bed of this name left by a killed earlier run
 trap '"$BEDSH" down "$BED" > /dev/null; [ -n "${MH_KEEP:-}" ] && cp -r "$TMP" "$MH_KEEP"; rm -rf "$TMP"' EXIT
-"$BEDSH" up "$BED" 3 || exit 1
+"$BEDSH" up "$BED" 4 || exit 1
 export PHX_BED=$BED OMPI_MCA_btl=self,vader,tcp OMPI_MCA_btl_tcp_if_include=198.18.0.0/24 \
   OMPI_MCA_oob_tcp_if_include=198.18.0.0/24 OMPI_MCA_orte_base_help_aggregate=1
 cd "$TMP" || exit 1
 COMMON=(--model mlp --batch 32 --threads 1 --eval-every 25 --log-level warn)
 
-# launch NAME HOSTS ARGS...: phoenix-launch from the head; rc in $TMP/NAME.rc, log, summary
-# NAME.json, metrics NAME.csv, checkpoints NAME.ckpt.
+# launch NAME HOSTS ARGS...: phoenix-launch from the head (job name NAME, its directory
+# $TMP/NAME.launch); rc in $TMP/NAME.rc, log, summary NAME.json, metrics NAME.csv, checkpoints
+# NAME.ckpt.
 launch() {
   local name=$1 hosts=$2; shift 2
-  timeout 150 "$BEDSH" exec "$BED" head "$LAUNCH" --agent "$BEDSH agent" --hosts "$hosts" -- \
+  timeout 150 "$BEDSH" exec "$BED" head "$LAUNCH" --agent "$BEDSH agent" --hosts "$hosts" \
+    --job "$name" --dir "$TMP/$name.launch" -- \
     "$PHX" train "${COMMON[@]}" --summary "$TMP/$name.json" --metrics "$TMP/$name.csv" \
     --checkpoint-dir "$TMP/$name.ckpt" "$@" > "$TMP/$name.log" 2>&1
   echo $? > "$TMP/$name.rc"
@@ -158,6 +160,39 @@ if link_cut cut-long 3; then
 fi
 link_cut cut-short 0.3 --failure-timeout-ms 3000 &&
   check cut-short "len(f) == 0 and s['updates_applied'] == 500"
+fi
+
+# 5. A replacement host joins: node1 (the server) is lost and the spare on node2 takes over;
+#    then a standby launch starts on node4 (`phoenix-launch --join`); node2 is lost in turn,
+#    no spare is left, and the standby takes the dead rank's place (restores the snapshot).
+#    Not yet working (docs/recovery.md "Several hosts"): the survivors connect to the standby
+#    and it restores the snapshot, but then it loses its TCP links to them; opt-in until fixed
+#    (MH_ONLY=sec5).
+if [ -n "${MH_ONLY:-}" ] && want sec5; then
+  t0=$SECONDS
+  name=replace
+  launch $name 'node1:1,node2:1,node3:3' --steps 600 --servers 1 --spares 1 --recovery checkpoint \
+    --checkpoint-every 10 --sync bsp &
+  runner=$!
+  if wait_step $name 100; then
+    "$BEDSH" kill "$BED" node1 > /dev/null
+    timeout 150 "$BEDSH" exec "$BED" head "$LAUNCH" --agent "$BEDSH agent" --join node4:1 --job $name \
+      --dir "$TMP/$name.launch" -- "$PHX" train "${COMMON[@]}" --summary "$TMP/$name.json" \
+      --metrics "$TMP/$name.csv" --checkpoint-dir "$TMP/$name.ckpt" --steps 600 --servers 1 --spares 1 \
+      --recovery checkpoint --checkpoint-every 10 --sync bsp > "$TMP/$name.standby.log" 2>&1 &
+    standby=$!
+    for i in $(seq 200); do grep -q "waiting until the job needs" "$TMP/$name.standby.log" && break; sleep 0.1; done
+    wait_step $name 300 && "$BEDSH" kill "$BED" node2 > /dev/null
+    wait $standby; echo "  $name: standby exit $?"
+  fi
+  wait $runner
+  echo "  $name: node1 lost, a standby on node4, node2 lost: $((SECONDS - t0)) s"
+  if finished $name; then
+    check $name "len(f) == 2 and f[0]['replaced_by'] == 1 and not f[0]['spawned'] and f[1]['rank'] == 1 and f[1]['spawned'] and f[1]['replaced_by'] == 1"
+    check $name "s['steps_completed'] == s['steps'] and all(0 <= x['rolled_back_steps'] <= 10 for x in f) and s['final_test_accuracy'] > 0.6"
+    grep -q "^\[node4\] .*takes over shard 0" "$TMP/$name.standby.log" && ok ||
+      bad "$name: the standby on node4 did not take the shard over: $(grep -v '^\[node4\] *$' "$TMP/$name.standby.log" | tail -5)"
+  fi
 fi
 
 echo "multihost: $pass passed, $fail failed"
