@@ -7,7 +7,7 @@ PHX := $(BUILD)/bin/phoenix
 RUN_DIR ?= phoenix-run
 
 
-.PHONY: all deps build run run-local test-fault test-ulfm gpu-pack stragglers-sleep test test-unit bench bench-torch bench-runtime bench-recovery bench-micro stragglers recovery-experiment recovery-1worker failures-stragglers cost-table accuracy clean
+.PHONY: all deps build run run-local test-fault test-ulfm test-multihost bench-multihost gpu-pack stragglers-sleep test test-unit bench bench-torch bench-runtime bench-recovery bench-micro stragglers recovery-experiment recovery-1worker failures-stragglers cost-table accuracy clean
 
 all: build
 
@@ -51,6 +51,15 @@ test-fault: build
 # if needed (apps/scripts/ulfm_root.sh), Phoenix inside it, and runs its unit, mpi, fault labels.
 test-ulfm: build
 	tests/ulfm/ulfm_test.sh
+
+# Jobs over several test hosts (network namespaces, root; also part of `make test`):
+# tests/multihost/multihost_test.sh.
+test-multihost: build
+	cd $(BUILD) && ctest --output-on-failure -L multihost
+
+# The several-hosts figures of docs/perf.md (root; about 3 minutes).
+bench-multihost: build
+	apps/scripts/bench_multihost.sh $(PHX) $(RUN_DIR)/bench-multihost
 
 # The GPU check (docs/perf.md "GPU"): pack here, then run `apps/scripts/gpu_check.sh device`
 # on a GPU machine with .gpu carried.
