@@ -1,6 +1,7 @@
 #include "runtime/transport/mpi/join.h"
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <thread>
 
