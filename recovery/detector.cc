@@ -196,6 +196,11 @@ void FailureDetector::runRespawn(const View& v) {
   install(next, true);
 }
 
+void FailureDetector::beatAll(const View& cur) {
+  for (int r = 0; r < static_cast<int>(cur.alive.size()); ++r)
+    if (r != me_ && cur.alive[r] && !left_ranks_[r]) sendBeat(r, cur.epoch);
+}
+
 bool FailureDetector::inMinority(const View& cur, double now) {
   // reachable: this rank and those heard from lately (ranks time out one by one, so counting
   // only those past the timeout would let a cut-off rank declare the others dead one at a time)
@@ -305,9 +310,7 @@ void FailureDetector::tick() {
       if (suspect_[r] || now - lastHeard_[r] > opt_.timeoutS) dead.push_back(r);
     }
     if (!dead.empty() && opt_.majority && inMinority(cur, now)) {
-      if (beat)  // a restored link brings the majority's newer view back in answer (fencing)
-        for (int r = 0; r < static_cast<int>(cur.alive.size()); ++r)
-          if (r != me_ && cur.alive[r] && !left_ranks_[r]) sendBeat(r, cur.epoch);
+      if (beat) beatAll(cur);  // a restored link brings the majority's newer view back (fencing)
       return;
     }
     if (!dead.empty()) {
@@ -322,9 +325,7 @@ void FailureDetector::tick() {
       install(next, true);
       return;
     }
-    if (beat)
-      for (int r = 0; r < static_cast<int>(cur.alive.size()); ++r)
-        if (r != me_ && cur.alive[r] && !left_ranks_[r]) sendBeat(r, cur.epoch);
+    if (beat) beatAll(cur);
   } else {
     acting_ = false;
     if (now - lastHeard_[c] > opt_.timeoutS) {

@@ -124,6 +124,7 @@ class FailureDetector {
   // majority rule (DetectorOptions::majority): true while this rank hears from half or fewer
   // of cur's live ranks (itself included)
   bool inMinority(const View& cur, double now);
+  void beatAll(const View& cur);  // a heartbeat to every live rank that has not left
   double lastBeat_ = -1e9, lastTick_ = 0;
   double minoritySince_ = -1;  // when this coordinator last found itself in a minority
   int candidate_ = -1;
