@@ -250,7 +250,7 @@ void FailureDetector::tick() {
   while (t_.poll(MsgType::kHeartbeat, &h, &src)) {
     if (!cur.isAlive(src)) {
       // fence a resumed, excluded rank (or one cut off that issued a view of its own: same epoch)
-      if (h.epoch <= cur.epoch) sendView(src, cur);
+      if (h.epoch < cur.epoch || (opt_.majority && h.epoch == cur.epoch)) sendView(src, cur);
       continue;
     }
     lastHeard_[src] = now;

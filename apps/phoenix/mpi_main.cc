@@ -43,8 +43,9 @@ int runUnderMpi(const std::function<void(int rank, int size)>& body) {
   // Open MPI 4.1's TCP transport is progressed by its event loop; after any peer process dies
   // that loop runs only on the default event tick, and every message between survivors over
   // TCP waits for it: steps took 4x longer for the rest of the job (docs/perf.md "Several
-  // hosts"). A 20 us tick keeps them at full speed. Set before MPI_Init; the user's setting wins.
-  setenv("OMPI_MCA_mpi_event_tick_rate", "20", 0);
+  // hosts"). A 20 us tick keeps them at full speed. Set before MPI_Init, in jobs over several
+  // hosts (phoenix-launch); the user's setting wins.
+  if (std::getenv("PHX_LAUNCH")) setenv("OMPI_MCA_mpi_event_tick_rate", "20", 0);
 #endif
   int provided = 0;
   PHX_MPI_CHECK(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided));
