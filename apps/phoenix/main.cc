@@ -1,6 +1,7 @@
 // The `phoenix` command: CLI11 parses flags into a Config and hands it to the runtime.
 // This is the only place that turns errors into exit codes.
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -41,7 +42,8 @@ int runTrain(phx::Config& cfg) {
   cfg.launchSurvives = phx::transport::launchSurvives();
   cfg.survivorFlag = phx::transport::recoveryLaunchFlag();
   cfg.launchCanSpawn = phx::recovery::MpiRespawner::launchCanSpawn();
-  cfg.launches = phx::transport::launchSet().standby ? 2 : phx::transport::launchSet().count;
+  const phx::transport::LaunchSet ls = phx::transport::launchSet();
+  cfg.launches = ls.multi() ? std::max(2, ls.count) : 1;
   if (!cfg.resumeDir.empty() && cfg.checkpointDir == phx::Config{}.checkpointDir)
     cfg.checkpointDir = cfg.resumeDir;  // a resumed run goes on writing where it left off
   cfg.validate();
@@ -49,10 +51,9 @@ int runTrain(phx::Config& cfg) {
     PHX_USER_ERROR("--recovery ", cfg.recovery, " needs the other ranks to survive a death, but this "
                    "launch kills the whole job when one rank dies; launch with `mpirun ",
                    cfg.survivorFlag, " ...` (", phx::transport::mpiName(), "), or pass --recovery none");
-  return phx::apps::runUnderMpi([&cfg](int, int size) {
+  return phx::apps::runUnderMpi([&cfg, &ls](int, int size) {
     MPI_Comm parent = MPI_COMM_NULL;
     MPI_Comm_get_parent(&parent);
-    const phx::transport::LaunchSet ls = phx::transport::launchSet();
     // a standby launch of a job over several hosts waits here until the job needs it
     if (ls.standby) parent = phx::recovery::MpiRespawner::awaitAsStandby(ls.job);
     if (parent != MPI_COMM_NULL) {
@@ -62,7 +63,7 @@ int runTrain(phx::Config& cfg) {
       phx::transport::MpiTransport t(j.train, j.rank, j.logicalOf);
       phx::transport::MpiTransport dt(j.det, j.rank, j.logicalOf);
       phx::recovery::MpiRespawner resp(j.base, j.logicalOf, dt, t, {}, cfg.peerTimeoutS);
-      if (ls.count > 1 || ls.standby) resp.useStandbys(ls.job);
+      if (ls.multi()) resp.useStandbys(ls.job);
       phx::train::Membership m;
       m.respawn = [&resp](const phx::recovery::View& v, const phx::recovery::View& n) {
         return resp.respawn(v, n);
@@ -83,7 +84,7 @@ int runTrain(phx::Config& cfg) {
       std::vector<int> identity(size);
       for (int i = 0; i < size; ++i) identity[i] = i;
       phx::recovery::MpiRespawner resp(baseComm, identity, dt, t, {}, cfg.peerTimeoutS);
-      if (ls.count > 1) resp.useStandbys(ls.job);
+      if (ls.multi()) resp.useStandbys(ls.job);
       phx::train::Membership m;
       if (cfg.spawnReplacements())
         m.respawn = [&resp](const phx::recovery::View& v, const phx::recovery::View& n) {

@@ -26,6 +26,7 @@ struct LaunchSet {
   int index = 0, count = 1;  // this launch, and how many launches make the job
   std::string job;           // the job's name in the name service
   bool standby = false;      // PHX_LAUNCH=join: a replacement launch for a running job
+  bool multi() const { return count > 1 || standby; }  // part of a job over several launches
 };
 // From PHX_LAUNCH (K/N, or "join" for a standby) / PHX_JOB (count 1 when unset). Throws UserError when they are malformed.
 LaunchSet launchSet();
