@@ -204,14 +204,21 @@ void FailureDetector::beatAll(const View& cur) {
 bool FailureDetector::inMinority(const View& cur, double now) {
   // reachable: this rank and those heard from lately (ranks time out one by one, so counting
   // only those past the timeout would let a cut-off rank declare the others dead one at a time)
+  // A tie (exactly half reachable) goes to the half that holds the lowest member: in a cut
+  // into two halves only one of them does, so there are never two heads.
   const double window = std::max(2 * opt_.heartbeatS, opt_.timeoutS / 2);
   int members = 0, reachable = 0;
+  bool lowestReachable = false;
   for (int r = 0; r < static_cast<int>(cur.alive.size()); ++r) {
     if (!cur.alive[r] || left_ranks_[r]) continue;
-    ++members;
-    if (r == me_ || now - lastFresh_[r] <= window) ++reachable;
+    // a suspected coordinator (or one the library reported) is not reachable, whatever the
+    // acting coordinator's fresh start did to its times
+    const bool heard =
+        r == me_ || (!suspect_[r] && !mpiFailed_[r] && now - lastFresh_[r] <= window);
+    if (members++ == 0) lowestReachable = heard;
+    if (heard) ++reachable;
   }
-  if (2 * reachable > members) {
+  if (2 * reachable > members || (2 * reachable == members && lowestReachable)) {
     minoritySince_ = -1;
     return false;
   }

@@ -130,6 +130,8 @@ server_host_lost host-ck checkpoint --spares 2 --recovery checkpoint --checkpoin
 server_host_lost host-chain chain-sync --replicas 1 --spares 1 --recovery chain --chain-mode sync --sync bsp
 server_host_lost host-hybrid hybrid --replicas 1 --spares 1 --recovery hybrid --sync asp
 server_host_lost host-stateless stateless --spares 2 --recovery stateless --sync asp
+fi
+if want sec3 || want host-workers; then
 # The workers' host (node3: 2 of 3 workers) lost under BSP: they are dropped like dead workers.
 host_lost host-workers 'node1:1,node2:2,node3:2' node3 --spares 1 --recovery checkpoint --sync bsp &&
   check host-workers "len(f) == 2 and all(x['role'] == 'worker' for x in f)"

@@ -244,6 +244,50 @@ TEST(Detector, HeartbeatsCatchASilentRankAndEveryoneInstallsTheSameView) {
   for (int r = 1; r < 4; ++r) det[r]->leave();
 }
 
+// The majority rule with half of the ranks silent at once (a host of two ranks lost in a job
+// of four): the half that holds the lowest live rank goes on and declares the other half; the
+// other half never declares anyone and leaves after its wait. Two halves never both issue views.
+TEST(Detector, HalfTheRanksLostAtOnceGoesOnOnlyOnTheSideOfTheLowestRank) {
+  ps::RoleLayout layout(4, 1, 0, 1, 1);  // server 0, spare 1, workers 2-3
+  recovery::DetectorOptions opt{0.01, 0.3};
+  opt.majority = true;
+  opt.minorityWaitS = 0.8;
+  for (const bool lowHalfLives : {true, false}) {
+    InprocFabric fabric(4);
+    std::vector<std::unique_ptr<InprocTransport>> ts;
+    std::vector<std::unique_ptr<recovery::FailureDetector>> det;
+    for (int r = 0; r < 4; ++r) {
+      ts.push_back(std::make_unique<InprocTransport>(fabric, r));
+      det.push_back(std::make_unique<recovery::FailureDetector>(*ts[r], layout, opt));
+    }
+    for (auto& d : det) d->start();
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    const int lost0 = lowHalfLives ? 2 : 0;
+    det[lost0]->haltForTest();
+    det[lost0 + 1]->haltForTest();
+    const int a = lowHalfLives ? 0 : 2, b = a + 1;  // the surviving half
+    if (lowHalfLives) {
+      const double took = waitUntil(5.0, [&] {
+        return !det[a]->view().isAlive(2) && !det[a]->view().isAlive(3) &&
+               !det[b]->view().isAlive(2) && !det[b]->view().isAlive(3);
+      });
+      ASSERT_GT(took, 0.0) << "the half with rank 0 did not declare the other half";
+      EXPECT_FALSE(det[a]->fenced());
+      EXPECT_FALSE(det[b]->fenced());
+      EXPECT_EQ(det[b]->view().epoch, det[a]->view().epoch);
+      for (int r : {a, b}) det[r]->leave();
+    } else {
+      const double took = waitUntil(5.0, [&] { return det[a]->fenced() && det[b]->fenced(); });
+      ASSERT_GT(took, 0.0) << "the half without rank 0 did not leave";
+      EXPECT_GE(took, opt.minorityWaitS);
+      for (int r : {a, b}) {
+        EXPECT_EQ(det[r]->view().epoch, 0) << "a minority issued a view";
+        EXPECT_TRUE(det[r]->view().isAlive(0));
+      }
+    }
+  }
+}
+
 TEST(Detector, AFailureTheLibraryReportsIsDeclaredWithoutWaitingForTheTimeout) {
   ps::RoleLayout layout(4, 1, 0, 0, 1);
   InprocFabric fabric(4);
