@@ -18,11 +18,13 @@
 #include "runtime/core/config.h"
 #include "runtime/core/error.h"
 #include "runtime/core/log.h"
+#include "runtime/core/signals.h"
 #include "runtime/train/dist_trainer.h"
 #include "runtime/train/local_trainer.h"
 #include "runtime/transport/mpi/join.h"
 #include "runtime/transport/mpi/launch.h"
 #include "runtime/transport/mpi/mpi_transport.h"
+#include "runtime/transport/mpi/peers.h"
 
 namespace {
 
@@ -35,6 +37,8 @@ bool launchedByMpi() {
 
 // `phoenix train`: one process, or this rank's role in an MPI job. Returns the exit code.
 int runTrain(phx::Config& cfg) {
+  if (!cfg.resumeDir.empty() && cfg.checkpointDir == phx::Config{}.checkpointDir)
+    cfg.checkpointDir = cfg.resumeDir;  // a resumed run goes on writing where it left off
   if (!launchedByMpi()) {
     phx::train::runLocal(cfg);
     return 0;
@@ -44,8 +48,6 @@ int runTrain(phx::Config& cfg) {
   cfg.launchCanSpawn = phx::recovery::MpiRespawner::launchCanSpawn();
   const phx::transport::LaunchSet ls = phx::transport::launchSet();
   cfg.launches = ls.multi() ? std::max(2, ls.count) : 1;
-  if (!cfg.resumeDir.empty() && cfg.checkpointDir == phx::Config{}.checkpointDir)
-    cfg.checkpointDir = cfg.resumeDir;  // a resumed run goes on writing where it left off
   cfg.validate();
   if (cfg.recovery != "none" && cfg.recovery != "auto" && !cfg.launchSurvives)
     PHX_USER_ERROR("--recovery ", cfg.recovery, " needs the other ranks to survive a death, but this "
@@ -79,6 +81,7 @@ int runTrain(phx::Config& cfg) {
       const MPI_Comm job = phx::transport::jobComm();  // MPI_COMM_WORLD, or the launches joined
       PHX_MPI_CHECK(MPI_Comm_dup(job, &detComm));
       PHX_MPI_CHECK(MPI_Comm_dup(job, &baseComm));
+      phx::transport::recordPeers(job);  // PIDs and hosts, while every rank is alive
       phx::transport::MpiTransport t(job);
       phx::transport::MpiTransport dt(detComm);
       std::vector<int> identity(size);
@@ -90,6 +93,8 @@ int runTrain(phx::Config& cfg) {
         m.respawn = [&resp](const phx::recovery::View& v, const phx::recovery::View& n) {
           return resp.respawn(v, n);
         };
+      // A failed rank that is frozen, not dead, would hold mpirun (and the allocation) forever.
+      m.atEnd = [](const std::vector<int>& failed) { phx::transport::endFailedOnThisHost(failed); };
       phx::train::runDistributed(cfg, t, nullptr, &dt, &m);
     }
   });
@@ -347,6 +352,9 @@ int main(int argc, char** argv) {
 
   try {
     if (train->parsed()) {
+      // Before MPI, OpenMP or CUDA start a thread: every thread inherits the blocked stop
+      // signals, and only the signal thread takes them (runtime/core/signals.h).
+      phx::signals::startSignalThread();
       phx::log::setLevel(phx::log::parseLevel(cfg.logLevel));
       return runTrain(cfg);
     }

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "runtime/core/log.h"
+#include "runtime/core/signals.h"
 
 namespace phx::ps {
 
@@ -109,6 +110,8 @@ void PsClient::sendPull(int s) {
 void PsClient::sendPush(int s) {
   Header h = header(MsgType::kPush, s, out_.clock);
   h.flags = out_.pullAfter ? transport::kPullAfter : 0;
+  // A stop signal to this worker (or to a member of its group): the servers decide the step.
+  if (askStop_ || signals::stopRequested()) h.flags |= transport::kStop;
   h.offset = ranges_[s].lo;
   h.bytes = ranges_[s].size() * static_cast<int64_t>(sizeof(float));
   h.value = out_.loss;
@@ -249,7 +252,7 @@ void PsClient::awaitWeights(int64_t clock, float* params) {
 
 Header PsClient::doneHeader(int s) const {
   Header d = header(MsgType::kDone, s, 0);
-  // A stop (SIGUSR1) that some shard announced: every shard snapshots.
+  // A stop (a signal) that some shard announced: every shard snapshots.
   if (stop_) d.flags |= transport::kStop;
   return d;
 }

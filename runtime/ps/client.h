@@ -79,8 +79,11 @@ class PsClient {
   // Pushes of shard 0 that the server dropped (Sync-opt, late for their round) and said so.
   int64_t droppedPushes() const { return dropped0_; }
 
-  // A server said the job is stopping (SIGUSR1): end after this step.
+  // A server said the job is stopping (a stop signal somewhere in the job): end after this step.
   bool stopRequested() const { return stop_; }
+  // Ask the servers to stop the job (a member of this worker's group was signalled): the next
+  // pushes carry the request, as they do when this process itself was signalled.
+  void requestStop() { askStop_ = true; }
   int64_t version(int shard) const { return versions_[shard]; }
   int64_t minVersion() const;
   // Smallest server position (in worker steps) over the shards' last replies.
@@ -132,6 +135,7 @@ class PsClient {
   double bytesSent_ = 0, bytesReceived_ = 0;
   int32_t stepMicros_ = 0, medianMicros_ = 0;
   bool stop_ = false;
+  bool askStop_ = false;
 };
 
 }  // namespace phx::ps

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "runtime/core/log.h"
+#include "runtime/core/signals.h"
 #include "runtime/sync/projection.h"
 
 namespace phx::ps {
@@ -183,6 +184,11 @@ bool Server::step() {
 void Server::handlePush(const Header& h, int src) {
   if (!validate(h, src, MsgType::kPush, true)) return;
   const int c = h.client;
+  if ((h.flags & transport::kStop) && !stopLatched_) {
+    stopLatched_ = true;  // a stop signal reached that worker: the job stops at this round
+    log::warn("shard ", opt_.shard, ": client ", c, " was asked to stop (a signal) at version ",
+              stats_.version, "; the workers end after this step");
+  }
   if (h.aux > 0) stepMicros_[c] = h.aux;  // straggler projection (also from a late push)
   std::string why;
   if (!done_[c]) resolveOffset(c, h.clock);
@@ -301,8 +307,8 @@ void Server::applyWith(const float* grad, int64_t baseVersion, const kernels::Sg
   }
   if (!stopLatched_ && opt_.stopRequested && opt_.stopRequested()) {
     stopLatched_ = true;
-    log::warn("shard ", opt_.shard, ": stop requested (SIGUSR1) at version ", stats_.version,
-              "; the workers end after this step");
+    log::warn("shard ", opt_.shard, ": stop requested (", signals::stopSignalName(), ") at version ",
+              stats_.version, "; the workers end after this step");
   }
   if (opt_.afterApply) opt_.afterApply();
 }
@@ -323,7 +329,7 @@ void Server::handleDone(const Header& h, int src) {
   done_[h.client] = 1;
   if ((h.flags & transport::kStop) && !stopLatched_) {
     stopLatched_ = true;  // the job stops on another shard's word: snapshot this one too
-    log::warn("shard ", opt_.shard, ": client ", h.client, " stopped on SIGUSR1 at version ", stats_.version);
+    log::warn("shard ", opt_.shard, ": client ", h.client, " stopped on a stop signal at version ", stats_.version);
   }
   ++doneCount_;
   log::debug("shard ", opt_.shard, ": client ", h.client, " done at clock ", clocks_[h.client]);

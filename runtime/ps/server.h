@@ -54,7 +54,7 @@ struct ServerOptions {
   // whole state every replicateEvery updates).
   enum class Chain { kNone, kSync, kAsync } chain = Chain::kNone;
   int64_t replicateEvery = 100;
-  // Asked after every applied update: true latches a stop (SIGUSR1), and every pull reply from
+  // Asked after every applied update: true latches a stop (a stop signal), and every pull reply from
   // then on tells the worker to end after its step (BSP: all workers after the same round).
   std::function<bool()> stopRequested;
 };

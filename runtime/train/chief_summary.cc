@@ -244,7 +244,9 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
              {"shards_transferred", detail::concat(static_cast<int64_t>(transferred))},
              {"ranks", ranks}};
   if (!cfg_.summaryPath.empty()) writeFileAtomic(cfg_.summaryPath, s.toJson());
-  log::info("done: ", s.steps, " steps per worker in ", fmtDuration(trainSeconds), ", ",
+  log::info(stepsDone_ < s.steps ? detail::concat("stopped: ", stepsDone_, " of ", s.steps)
+                                 : detail::concat("done: ", s.steps),
+            " steps per worker in ", fmtDuration(trainSeconds), ", ",
             static_cast<int64_t>(s.samplesPerS), " samples/s over ", layout_.workers(),
             " workers, ", updates, " updates, test accuracy ", e.accuracy * 100.0, " %");
   return res;

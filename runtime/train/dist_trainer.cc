@@ -9,7 +9,6 @@
 #include <cmath>
 #include <cstdlib>
 
-#include <signal.h>
 #include <unistd.h>
 
 #include "kernels/model.h"
@@ -321,11 +320,11 @@ TrainResult WorkerLoop::run() {
     }
     samples += n;
     if (stopRequested_) {
-      // SIGUSR1: every worker ends after this step (the servers chose it); the servers write
+      // A stop signal: every worker ends after this step (the servers chose it); the servers write
       // the snapshot that --resume continues from.
       stepsDone_ = step + 1;
       if (isChief())
-        log::warn("stopped on SIGUSR1 after step ", stepsDone_, " of ", p.totalSteps, "; continue with --resume ",
+        log::warn("stopped on a stop signal after step ", stepsDone_, " of ", p.totalSteps, "; continue with --resume ",
                   cfg_.checkpointDir);
       break;
     }
@@ -394,7 +393,6 @@ TrainResult runDistributed(const Config& cfg, transport::Transport& t,
       PHX_USER_ERROR("--straggle ", cfg.straggle, ": rank ", r, " is not a worker (workers are ranks ",
                      layout.firstWorkerRank(), "-", layout.worldSize() - 1, ")");
   const ps::Role role = layout.roleOf(t.rank());
-  installStopSignal(role != ps::Role::kWorker);
   log::setIdentity(t.rank(), replacement ? "replacement" : ps::roleName(role),
                    !replacement && t.rank() == layout.chiefRank());
   if (t.rank() == layout.chiefRank() && !replacement) log::info(layout.describe());
@@ -471,6 +469,13 @@ TrainResult runDistributed(const Config& cfg, transport::Transport& t,
     }
   }
   t.setInterrupt(nullptr);
+  if (det && membership && membership->atEnd) {
+    const recovery::View v = det->view();
+    std::vector<int> failed;
+    for (int r = 0; r < static_cast<int>(v.alive.size()); ++r)
+      if (!v.alive[r]) failed.push_back(r);
+    if (!failed.empty()) membership->atEnd(failed);
+  }
   if (det) det->leave();
   return res;
 }

@@ -23,6 +23,9 @@ namespace phx::train {
 struct Membership {
   recovery::Respawner respawn;
   const recovery::View* joinView = nullptr;
+  // Called on every surviving rank when its part of the job is done, with the ranks the final
+  // view holds failed (main: ends those still there on this host, frozen ones).
+  std::function<void(const std::vector<int>& failed)> atEnd;
 };
 TrainResult runDistributed(const Config& cfg, transport::Transport& t,
                            const data::FashionMnist* data = nullptr,

@@ -5,13 +5,13 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <csignal>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <thread>
 
 #include "runtime/core/log.h"
+#include "runtime/core/signals.h"
 
 namespace phx::train {
 
@@ -80,20 +80,7 @@ std::unique_ptr<phx::sync::SyncPolicy> policyOf(const Config& cfg) {
   return phx::sync::makePolicy(cfg.sync, cfg.staleness, cfg.backupWorkers, cfg.scaleUpdates);
 }
 
-namespace {
-volatile std::sig_atomic_t gStop = 0;
-extern "C" void onStopSignal(int) { gStop = 1; }
-}  // namespace
-
-void installStopSignal(bool handle) {
-  struct sigaction sa {};
-  sa.sa_handler = handle ? onStopSignal : SIG_IGN;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESTART;
-  sigaction(SIGUSR1, &sa, nullptr);
-}
-
-bool stopSignalled() { return gStop != 0; }
+bool stopSignalled() { return signals::stopRequested(); }
 
 int ranksOnNode(const transport::Transport& t) {
   for (const char* v : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"})

@@ -134,11 +134,10 @@ int ranksOnNode(const transport::Transport& t);
 // cpu.max), or -1 when none is set. A rank held to 0.13 core by a quota (a slow node,
 // apps/scripts/cpu_budget.sh) gets nothing from more threads.
 double cpuQuotaCores();
-// SIGUSR1 asks a job to stop at the next consistent step and snapshot (SLURM's
-// `--signal=B:USR1@N` before a time limit, slurm/). The ranks that can serve a shard handle it
-// (a flag; repeats are harmless); workers ignore it (the servers tell them when to stop), so
-// the signal never interrupts their compute or communication.
-void installStopSignal(bool handle);
+// A stop signal (SIGTERM, SIGINT, SIGUSR1, SIGUSR2; runtime/core/signals.h) reached this
+// process: the job stops at the next consistent step and snapshots (SLURM's preemption and
+// time limits, `--signal=B:USR1@N`, slurm/). Any rank may get it: a server latches the stop
+// itself, a worker's next push asks its servers to. Repeats are harmless.
 bool stopSignalled();
 
 // The server roles (server_role.cc). serveShard serves `shard` until every client is done (or

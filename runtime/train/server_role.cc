@@ -225,11 +225,11 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
   server.run(ft.chief);
   if (server.isHead() && !server.released()) sendEvent();  // a recovery right at the end
   if (server.isHead() && server.stopLatched()) {
-    // SIGUSR1 (e.g. SLURM's --signal before the time limit): every worker has stopped after
+    // A stop signal (SLURM's preemption or --signal before the time limit): every worker has stopped after
     // the same round; this snapshot is what `--resume` continues from.
     snapshot();
     if (writer) writer->flush();
-    log::warn("shard ", shard, ": stopped on SIGUSR1; snapshot at version ", server.stats().version,
+    log::warn("shard ", shard, ": stopped on a stop signal; snapshot at version ", server.stats().version,
               " (round ", server.round(), ") in ", recovery::shardDir(cfg.checkpointDir, shard),
               "; continue with --resume ", cfg.checkpointDir);
   }

@@ -8,6 +8,7 @@
 #include "kernels/group_reduce.h"
 #include "runtime/core/log.h"
 #include "runtime/ps/client.h"
+#include "runtime/core/signals.h"
 #include "runtime/train/worker_loop.h"
 
 namespace phx::train {
@@ -158,6 +159,7 @@ void WorkerLoop::exchange(int64_t clock, double loss) {
     g.clock = clock;
     g.bytes = static_cast<int64_t>(payload);
     g.value = loss;
+    if (signals::stopRequested()) g.flags |= transport::kStop;  // a signal to this member
     sent = t_.send(layout_.workerRank(leader_), g, payload ? gradBuf() : nullptr);
   } else {
     for (int i = 1; i < members; ++i) {
@@ -168,6 +170,7 @@ void WorkerLoop::exchange(int64_t clock, double loss) {
                   "group gradient for clock ", h.clock, " of ", h.bytes, " bytes, expected clock ",
                   clock, " of ", payload);
       loss += h.value;
+      if (h.flags & transport::kStop) client_.requestStop();  // a member was signalled
       if (!payload) continue;
       t_.recvPayload(src, MsgType::kGroupGrad, recv_.data(), bytes, cfg_.peerTimeoutS);
       // gradBuf() is host memory on every backend (GPU workers stage through it), so the sum

@@ -83,7 +83,7 @@ class WorkerLoop {
   std::vector<Recovered> recovered_;
   void pollEvents();
   int64_t startStep_ = 0;
-  bool stopRequested_ = false;  // SIGUSR1: a server said to end after this step
+  bool stopRequested_ = false;  // a stop signal: a server said to end after this step
   int64_t stepsDone_ = -1;      // the steps this run completed (set when the loop ends)
   double straggleSeconds_ = 0;  // injected slowdown slept (--straggle, --straggle-random)
   StraggleSpec straggle_;

@@ -57,8 +57,9 @@ enum HeaderFlags : uint16_t {
   kFullState = 2,  // on a replicate: the payload is the whole state, not one update
   kNoMomentum = 4, // on a replicate: the update was a plain SGD step (a stateless backlog)
   kLast = 8,       // on a backlog: the client is done after it (no separate done message)
-  kStop = 16,      // on a pull reply / group weights: the job was asked to stop (SIGUSR1): the
-                   // worker ends after this step and the servers write a snapshot
+  kStop = 16,      // on a pull reply / group weights: the job was asked to stop (a signal): the
+                   // worker ends after this step and the servers write a snapshot; on a push
+                   // or a group gradient: its sender was signalled to stop
   kDropped = 32,   // on a pull reply: the push of that step came after its round closed
                    // (Sync-opt's backup workers) and was dropped, not applied
   kEarly = 64,     // on a steal request: the requester still has own shards (aux: the

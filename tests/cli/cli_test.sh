@@ -56,6 +56,9 @@ else
 fi
 expect_fail bench-ckpt-args "--every" bench checkpoint --every 50 --steps 10
 expect_fail bench-recovery-mode "mode 'raft' is not known" bench recovery --modes raft
+expect_fail resume-missing "--resume $TMP/none: no valid snapshot" train --model mlp --steps 5 --resume "$TMP/none"
+expect_fail chain-alone "--recovery chain keeps the state on other ranks" train --model mlp --steps 5 --recovery chain --replicas 1
+expect_fail stateless-alone "--recovery stateless keeps the state on other ranks" train --model mlp --steps 5 --recovery stateless
 
 if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   if timeout 300 "$PHX" train --steps 300 --threads 1 --eval-every 150 --metrics "$TMP/m.csv" \

@@ -176,7 +176,7 @@ done
 scancel --signal=USR1 --batch "$J4" || bad "requeue: scancel --signal=USR1 failed"
 if expect_done requeue "$J4"; then
   [ "$(field "$J4" Restarts)" = 1 ] && ok || bad "requeue: Restarts=$(field "$J4" Restarts), expected 1"
-  stopped=$(sed -n 's/.*stopped on SIGUSR1 after step \([0-9]*\) of 4000.*/\1/p' "$T/requeue.out" | head -1)
+  stopped=$(sed -n 's/.*stopped on a stop signal after step \([0-9]*\) of 4000.*/\1/p' "$T/requeue.out" | head -1)
   resumed=$(sed -n 's/.*resuming from .* at step \([0-9]*\) of 4000.*/\1/p' "$T/requeue.out" | head -1)
   if [ -n "$stopped" ] && [ "$stopped" -gt 0 ] && [ "$stopped" -lt 4000 ] && [ "$stopped" = "$resumed" ]; then
     ok
