@@ -82,8 +82,10 @@ StraggleSpec parseStraggle(const std::string& fixed, const std::string& random) 
     if (comma == std::string::npos) comma = fixed.size();
     const std::string e = fixed.substr(start, comma - start);
     const size_t colon = e.find(':');
+    // (the text strtol parses must outlive `end`, which points into it)
+    const std::string rankText = colon == std::string::npos ? std::string() : e.substr(0, colon);
     char* end = nullptr;
-    const long rank = colon == std::string::npos ? -1 : std::strtol(e.substr(0, colon).c_str(), &end, 10);
+    const long rank = colon == std::string::npos ? -1 : std::strtol(rankText.c_str(), &end, 10);
     if (colon == std::string::npos || colon == 0 || *end != '\0' || rank < 0)
       PHX_USER_ERROR("--straggle '", fixed, "': each entry is RANK:FACTOR, e.g. 4:3");
     s.fixed.emplace_back(static_cast<int>(rank), parseFactor("--straggle", e, e.substr(colon + 1)));
@@ -91,8 +93,9 @@ StraggleSpec parseStraggle(const std::string& fixed, const std::string& random) 
   }
   if (!random.empty()) {
     const size_t colon = random.find(':');
+    const std::string pText = colon == std::string::npos ? std::string() : random.substr(0, colon);
     char* end = nullptr;
-    const double p = colon == std::string::npos ? -1 : std::strtod(random.substr(0, colon).c_str(), &end);
+    const double p = colon == std::string::npos ? -1 : std::strtod(pText.c_str(), &end);
     if (colon == std::string::npos || colon == 0 || *end != '\0' || !(p >= 0.0 && p <= 1.0))
       PHX_USER_ERROR("--straggle-random '", random, "': expected P:FACTOR with P in [0, 1], e.g. 0.1:3");
     s.p = p;

@@ -49,6 +49,7 @@ void startSignalThread() {
   std::thread(takeSignals).detach();
 }
 
+bool started() { return gStarted.load(); }
 bool stopRequested() { return gFirst.load(std::memory_order_relaxed) != 0; }
 int stopSignal() { return gFirst.load(); }
 int signalsReceived() { return gCount.load(); }

@@ -14,6 +14,8 @@
 namespace phx::signals {
 
 void startSignalThread();
+// startSignalThread() was called in this process.
+bool started();
 // A signal asked this process to stop (false until one came, or when the thread was never
 // started).
 bool stopRequested();

@@ -39,8 +39,9 @@ TEST(Signals, EveryOtherThreadHasTheStopSignalsBlockedAndTheFirstOneCounts) {
   ASSERT_TRUE(waitUntil([] { return phx::signals::stopRequested(); }));
   EXPECT_EQ(phx::signals::stopSignal(), SIGUSR1);
   EXPECT_STREQ(phx::signals::stopSignalName(), "SIGUSR1");
-  ASSERT_EQ(kill(getpid(), SIGTERM), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the storm's last ones counted
   const int before = phx::signals::signalsReceived();
+  ASSERT_EQ(kill(getpid(), SIGTERM), 0);
   ASSERT_TRUE(waitUntil([&] { return phx::signals::signalsReceived() > before; }));
   EXPECT_EQ(phx::signals::stopSignal(), SIGUSR1);
   EXPECT_GE(phx::signals::signalsReceived(), 2);
@@ -58,6 +59,7 @@ TEST(Signals, AForkedChildStartsWithTheStopSignalsUnblocked) {
 }
 
 TEST(Signals, WithoutTheThreadNothingIsBlockedOrRequested) {
+  if (phx::signals::started()) GTEST_SKIP() << "the thread was started by another test of this process (ctest runs each alone)";
   EXPECT_FALSE(blockedHere(SIGTERM));
   EXPECT_FALSE(phx::signals::stopRequested());
   EXPECT_STREQ(phx::signals::stopSignalName(), "");
