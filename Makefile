@@ -47,7 +47,8 @@ test: build
 # instrumented): the unit label with leak checks, the mpi label, and a fault subset (the server
 # killed, frozen and never resumed from outside; the signal jobs). Leak checks are off for the
 # mpirun jobs: Open MPI's own allocations at finalize are reported as leaks (third-party).
-# FAULT_SECTIONS picks the fault_test.sh sections (all: empty). .ci/run runs this after `make test`.
+# FAULT_SECTIONS picks the fault_test.sh sections (all: empty). .ci/run runs this after `make test`
+# (docs/recovery.md "How it is tested").
 SAN_ENV = UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 OMP_WAIT_POLICY=PASSIVE PHX_SANITIZED=1
 ASAN_FAULT_SECTIONS ?= 4
 test-asan: deps
