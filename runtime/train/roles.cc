@@ -11,7 +11,6 @@
 #include <thread>
 
 #include "runtime/core/log.h"
-#include "runtime/core/signals.h"
 
 namespace phx::train {
 
@@ -80,7 +79,6 @@ std::unique_ptr<phx::sync::SyncPolicy> policyOf(const Config& cfg) {
   return phx::sync::makePolicy(cfg.sync, cfg.staleness, cfg.backupWorkers, cfg.scaleUpdates);
 }
 
-bool stopSignalled() { return signals::stopRequested(); }
 
 int ranksOnNode(const transport::Transport& t) {
   for (const char* v : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"})

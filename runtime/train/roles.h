@@ -134,11 +134,6 @@ int ranksOnNode(const transport::Transport& t);
 // cpu.max), or -1 when none is set. A rank held to 0.13 core by a quota (a slow node,
 // apps/scripts/cpu_budget.sh) gets nothing from more threads.
 double cpuQuotaCores();
-// A stop signal (SIGTERM, SIGINT, SIGUSR1, SIGUSR2; runtime/core/signals.h) reached this
-// process: the job stops at the next consistent step and snapshots (SLURM's preemption and
-// time limits, `--signal=B:USR1@N`, slurm/). Any rank may get it: a server latches the stop
-// itself, a worker's next push asks its servers to. Repeats are harmless.
-bool stopSignalled();
 
 // The server roles (server_role.cc). serveShard serves `shard` until every client is done (or
 // the chief releases a replica). runSpare idles until a view gives the

@@ -4,6 +4,7 @@
 #include "kernels/model.h"
 #include "recovery/checkpoint.h"
 #include "runtime/core/log.h"
+#include "runtime/core/signals.h"
 #include "runtime/ps/server.h"
 #include "runtime/train/roles.h"
 
@@ -84,7 +85,8 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
     ckptSeconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     lastCkptUnix = recovery::unixNow();
   };
-  opt.stopRequested = [] { return stopSignalled(); };
+  // a stop signal to this rank (runtime/core/signals.h; a worker's reaches it on its pushes)
+  opt.stopRequested = [] { return signals::stopRequested(); };
   if (ckpt && !every.empty() && !every.isTime())
     opt.afterApply = [&] {
       if (srv->stats().version % (every.steps * perStep) == 0) snapshot();
