@@ -25,6 +25,7 @@ FailureDetector::FailureDetector(transport::Transport& t, const ps::RoleLayout& 
   lastHeardUnix_.assign(n, unixNow());
   lastFresh_.assign(n, steadyNow());
   killUnix_.assign(n, 0);
+  aliveSince_.assign(n, 0);
   left_ranks_.assign(n, 0);
   suspect_.assign(n, 0);
   mpiFailed_.assign(n, 0);
@@ -101,11 +102,20 @@ void FailureDetector::loop() {
   while (!stop_.load()) {
     const double f = freezeS_.exchange(0);
     if (f > 0) std::this_thread::sleep_for(std::chrono::duration<double>(f));
+    const double t0 = steadyNow();
+    const int e0 = epoch_.load();
     try {
       tick();
     } catch (const std::exception& e) {
       log::error("failure detector: ", e.what());
     }
+    // A tick held up in the MPI (a send or a receive that did not return) silences this rank's
+    // heartbeats: said, so that a false declaration that follows has its cause in the log (a
+    // view change, which may start a replacement process, takes its time and is not reported).
+    const double took = steadyNow() - t0;
+    if (took > opt_.timeoutS / 2 && epoch_.load() == e0)
+      log::warn("failure detector: one round took ", static_cast<int64_t>(took * 1000),
+                " ms (held up in the MPI); heartbeats were not sent meanwhile");
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
 }
@@ -156,6 +166,7 @@ void FailureDetector::install(const View& v, bool announce) {
       mpiFailed_[r] = 0;
       left_ranks_[r] = 0;
       killUnix_[r] = 0;
+      aliveSince_[r] = v.epoch;
     }
     suspect_[r] = 0;
     lastHeard_[r] = now;  // new relationships start with a full timeout
@@ -279,7 +290,9 @@ void FailureDetector::tick() {
     }
   }
   while (t_.poll(MsgType::kLeave, &h, &src)) left_ranks_[src] = 1;
-  while (t_.poll(MsgType::kDying, &h, &src)) killUnix_[src] = h.value;
+  // (a late announcement of an earlier process under the same number is not this one's kill)
+  while (t_.poll(MsgType::kDying, &h, &src))
+    if (h.epoch >= aliveSince_[src]) killUnix_[src] = h.value;
   if (fenced_.load()) return;
 
   // Injected kill of this rank: tell every live rank when, before the signal (whoever ends up

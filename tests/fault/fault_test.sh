@@ -55,6 +55,7 @@ check() {
     ok
   else
     bad "$name: $expr does not hold: $(cat "$TMP/$name.json")"
+    echo "  $name: the job's warnings:"; grep -E "WARN|ERROR|error" "$TMP/$name.log" | tail -30 | sed 's/^/    /'
   fi
 }
 # A server failure that was recovered: detected within 1.5 s of the kill, a spare took over,

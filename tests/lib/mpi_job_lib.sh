@@ -17,10 +17,15 @@ read -r -a FT_FLAG <<< "$("$(dirname "${BASH_SOURCE[0]}")/../../apps/scripts/mpi
 # (a spawned job is not reachable over shared memory alone; shared/infra-notes.md), and TCP
 # must stay on loopback here (with every interface, 5.0.7's TCP component found "no reachable
 # pairing" between this machine's own addresses and every job failed at its first message).
+# Open MPI 4.1 as well: its TCP (a spawned replacement's links, the runtime's own channel)
+# stays on loopback, never on this machine's eth0 address. The several-hosts tests set their
+# bed's network after sourcing this.
 MPI_EXTRA=()
+export OMPI_MCA_btl_tcp_if_include=lo
 if [ "${FT_FLAG[0]}" = "--with-ft" ]; then
   MPI_EXTRA=(--mca btl self,sm,tcp)
-  export OMPI_MCA_btl_tcp_if_include=lo
+else
+  export OMPI_MCA_oob_tcp_if_include=lo
 fi
 
 # audit_once PREFIX N: the --audit-samples files PREFIX.w* list N distinct samples, each once.

@@ -6,12 +6,15 @@
 finished() {
   local rc; rc=$(cat "$TMP/$1.rc")
   if [ "$rc" -eq 0 ] && [ -s "$TMP/$1.json" ]; then ok; return 0; fi
-  bad "$1: rc $rc: $(grep -v '^\[node[0-9]\] *$' "$TMP/$1.log" | tail -15)"; return 1
+  bad "$1: rc $rc: $(grep -v '^\[node[0-9]\] *$' "$TMP/$1.log" | tail -15)"
+  echo "  $1: Phoenix's own warnings, in order:"
+  grep -E "(WARN|ERROR|phoenix[a-z-]*): " "$TMP/$1.log" | tail -40 | sed 's/^/    /'; return 1
 }
 # check NAME PYEXPR: PYEXPR holds over the summary s (failures f)
 check() {
   if /usr/bin/python3 -c "import json,sys; s=json.load(open('$TMP/$1.json')); f=s['failures']; sys.exit(0 if ($2) else 1)"; then
-    ok; else bad "$1: $2 does not hold: $(head -c 1500 "$TMP/$1.json")"; fi
+    ok; else bad "$1: $2 does not hold: $(head -c 1500 "$TMP/$1.json")"
+      grep -E "(WARN|ERROR|phoenix[a-z-]*): " "$TMP/$1.log" | tail -40 | sed 's/^/    /'; fi
 }
 field() { /usr/bin/python3 -c "import json; print(json.load(open('$TMP/$1.json'))['$2'])"; }
 # wait_step NAME STEP: until the job's metrics have a row at STEP or later (60 s at most)

@@ -47,6 +47,7 @@ PHX=/phoenix/build-ulfm/bin/phoenix
 . "$HERE/../lib/multihost_lib.sh"
 # MH_KEEP=DIR (relative to the project) keeps the jobs' files (development)
 trap '[ -n "${MH_KEEP:-}" ] && cp -r "$TMP" "/phoenix/$MH_KEEP"; rm -rf "$TMP"' EXIT
+unset OMPI_MCA_oob_tcp_if_include  # (Open MPI 4 only; PRRTE takes prte_if_include)
 export PHX_BED=$BED OMPI_MCA_btl=self,sm,tcp OMPI_MCA_btl_tcp_if_include=198.18.0.0/24 \
   PRTE_MCA_prte_if_include=198.18.0.0/24
 cd "$TMP" || exit 1
