@@ -7,7 +7,7 @@ PHX := $(BUILD)/bin/phoenix
 RUN_DIR ?= phoenix-run
 
 
-.PHONY: all deps build run run-local test-asan test-fault test-ulfm test-multihost bench-multihost gpu-pack stragglers-sleep test test-unit bench bench-torch bench-runtime bench-recovery bench-micro stragglers recovery-experiment recovery-1worker failures-stragglers cost-table accuracy clean
+.PHONY: all deps build run run-local test-asan model-check fuzz test-fault test-ulfm test-multihost bench-multihost gpu-pack stragglers-sleep test test-unit bench bench-torch bench-runtime bench-recovery bench-micro stragglers recovery-experiment recovery-1worker failures-stragglers cost-table accuracy clean
 
 all: build
 
@@ -58,6 +58,18 @@ test-asan: deps
 	cd build-asan && $(SAN_ENV) ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 ctest --output-on-failure -j $(JOBS) --timeout 900 -L unit
 	cd build-asan && $(SAN_ENV) ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 FAULT_SECTIONS="$(ASAN_FAULT_SECTIONS)" \
 	  ctest --output-on-failure --timeout 1200 -L 'mpi|fault'
+
+# libFuzzer harnesses of the decoders (views, IDX files, HDF5 snapshots, flag values;
+# tests/fuzz): build-fuzz with clang, replay the corpora and kept crashes, then FUZZ_SECONDS
+# (60) of fuzzing each. .ci/run runs it with FUZZ_SECONDS=15.
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	FUZZ_SECONDS=$(FUZZ_SECONDS) apps/scripts/fuzz.sh
+
+# The membership and chain fail-over protocol checked with spin (recovery/model/README.md):
+# the protocol as built must hold its properties, each earlier form must be caught. ~4 min.
+model-check: deps
+	apps/scripts/model_check.sh $(BUILD)/model-check
 
 # Only the failure-recovery jobs (also part of `make test`).
 test-fault: build

@@ -26,6 +26,8 @@ FailureDetector::FailureDetector(transport::Transport& t, const ps::RoleLayout& 
   lastFresh_.assign(n, steadyNow());
   killUnix_.assign(n, 0);
   aliveSince_.assign(n, 0);
+  resentEpoch_.assign(n, -1);
+  resentAt_.assign(n, 0);
   left_ranks_.assign(n, 0);
   suspect_.assign(n, 0);
   mpiFailed_.assign(n, 0);
@@ -271,6 +273,18 @@ void FailureDetector::tick() {
       if (h.epoch < cur.epoch || (opt_.majority && h.epoch == cur.epoch)) sendView(src, cur);
       continue;
     }
+    // A member behind (it missed a view: a link that dropped it) gets the view again, at most
+    // once per timeout; a member ahead means this rank missed one: it issues none meanwhile
+    // (recovery/model: without these two, a stale rank could lead the shard back to old state).
+    if (h.epoch < cur.epoch && (resentEpoch_[src] != cur.epoch || now - resentAt_[src] > opt_.timeoutS)) {
+      resentEpoch_[src] = cur.epoch;
+      resentAt_[src] = now;
+      sendView(src, cur);
+    }
+    if (h.epoch > cur.epoch) {
+      aheadEpoch_ = std::max(aheadEpoch_, static_cast<int>(h.epoch));
+      aheadAt_ = now;
+    }
     lastHeard_[src] = now;
     lastHeardUnix_[src] = unixNow();
     if (unixNow() - h.value < opt_.timeoutS) lastFresh_[src] = now;
@@ -328,6 +342,10 @@ void FailureDetector::tick() {
     for (int r = 0; r < static_cast<int>(cur.alive.size()); ++r) {
       if (r == me_ || !cur.alive[r] || left_ranks_[r]) continue;
       if (suspect_[r] || now - lastHeard_[r] > opt_.timeoutS) dead.push_back(r);
+    }
+    if (!dead.empty() && aheadEpoch_ > cur.epoch && now - aheadAt_ <= opt_.timeoutS) {
+      if (beat) beatAll(cur);  // our older epoch in the beats brings the newer view back
+      return;
     }
     if (!dead.empty() && opt_.majority && inMinority(cur, now)) {
       if (beat) beatAll(cur);  // a restored link brings the majority's newer view back (fencing)

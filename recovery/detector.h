@@ -117,7 +117,11 @@ class FailureDetector {
   std::vector<double> lastHeardUnix_;  // wall seconds
   std::vector<double> lastFresh_;      // steady seconds: last beat that was sent < timeout ago
   std::vector<double> killUnix_;
-  std::vector<int> aliveSince_;  // epoch of the view that made each rank's process alive
+  std::vector<int> aliveSince_;
+  std::vector<int> resentEpoch_;   // the view last resent to a member whose beat was behind
+  std::vector<double> resentAt_;
+  int aheadEpoch_ = -1;            // the newest epoch a member's heartbeat carried
+  double aheadAt_ = 0;  // epoch of the view that made each rank's process alive
   std::vector<char> left_ranks_, suspect_;
   std::vector<char> mpiFailed_;  // ranks the MPI library reported failed (ULFM)
   Respawner respawner_;

@@ -65,11 +65,16 @@ View initialView(const ps::RoleLayout& layout) {
   return v;
 }
 
+int nextEpoch(int epoch, int issuer, int ranks) {
+  ranks = std::max(ranks, 1);
+  return (epoch / ranks + 1) * ranks + issuer;
+}
+
 View nextView(const View& v, const ps::RoleLayout& layout, const std::vector<int>& dead,
               int issuer, double nowUnix, const std::vector<double>& lastHeardUnix,
               const std::vector<double>& killUnix, bool canSpawn) {
   View n = v;
-  n.epoch = v.epoch + 1;
+  n.epoch = nextEpoch(v.epoch, issuer, static_cast<int>(v.alive.size()));
   n.respawn.clear();
   n.issuer = issuer;
   for (int r : dead) n.alive[r] = 0;
@@ -147,7 +152,7 @@ View nextView(const View& v, const ps::RoleLayout& layout, const std::vector<int
 
 View afterRespawn(const View& v, int issuer, bool ok) {
   View n = v;
-  n.epoch = v.epoch + 1;
+  n.epoch = nextEpoch(v.epoch, issuer, static_cast<int>(v.alive.size()));
   n.issuer = issuer;
   for (const Respawn& p : v.respawn) {
     if (!ok) {

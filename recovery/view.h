@@ -85,6 +85,12 @@ View initialView(const ps::RoleLayout& layout);
 // canSpawn: when no backup or spare is left, the view asks for a replacement process (respawn,
 // shardRank = kRespawning) instead of losing the shard (shardRank = -1), and a replica chain
 // that stays short gets a spawned tail.
+// The epoch of the next view that `issuer` issues after one of `epoch`, in a job of `ranks`:
+// the next multiple of `ranks` above it plus the issuer, so that two coordinators that act at
+// once (one falsely suspected by the other) never issue two different views of one epoch,
+// and every rank installs the newer of the two (recovery/model: spin found the divergence).
+int nextEpoch(int epoch, int issuer, int ranks);
+
 View nextView(const View& v, const ps::RoleLayout& layout, const std::vector<int>& dead,
               int issuer, double nowUnix, const std::vector<double>& lastHeardUnix,
               const std::vector<double>& killUnix, bool canSpawn = false);

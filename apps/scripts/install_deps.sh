@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages Phoenix needs, only those missing (idempotent).
+# Installs the Debian 12 packages Phoenix needs, only those missing (idempotent): clang and
+# its fuzzer runtime for `make fuzz`, spin for `make model-check` included.
 # Usage: install_deps.sh [--torch] [--slurm]   (--torch adds python3-torch for the PyTorch
 # comparison, --slurm slurm-wlm and munge for the SLURM test, tests/slurm)
 # Runs apt-get directly as root, through sudo otherwise.
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config openmpi-bin libopenmpi-dev libhdf5-dev hdf5-tools
       libcli11-dev libdnnl-dev ocl-icd-opencl-dev zlib1g-dev libgtest-dev libbenchmark-dev
-      dataset-fashion-mnist python3-matplotlib python3-numpy python3-h5py)
+      dataset-fashion-mnist python3-matplotlib python3-numpy python3-h5py
+      clang libclang-rt-14-dev spin)
 # PyTorch links libblas.so.3: without OpenBLAS it gets the reference BLAS (10x slower).
 for arg in "$@"; do
   case "$arg" in
