@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "runtime/core/log.h"
+#include "runtime/core/test_hooks.h"
 
 namespace phx::recovery {
 
@@ -193,8 +194,12 @@ void FailureDetector::install(const View& v, bool announce) {
   }
   epoch_.store(v.epoch);
   if (announce)
-    for (int r = 0; r < static_cast<int>(v.alive.size()); ++r)
-      if (r != me_ && v.alive[r] && !left_ranks_[r]) sendView(r, v);
+    for (int r = 0, sent = 0; r < static_cast<int>(v.alive.size()); ++r)
+      if (r != me_ && v.alive[r] && !left_ranks_[r]) {
+        sendView(r, v);
+        if (++sent == 1 && !v.failures.empty())
+          testhooks::killPoint("view-send");  // the others never get this view from here
+      }
   if (!v.respawn.empty() && respawner_ && v.isAlive(me_)) runRespawn(v);
 }
 

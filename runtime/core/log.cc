@@ -12,7 +12,8 @@ namespace {
 std::atomic<int> gLevel{static_cast<int>(Level::kInfo)};
 int gRank = -1;
 std::string gRole = "local";
-bool gChief = true;
+// read without the lock by write()'s info filter (TSan found the race with setIdentity)
+std::atomic<bool> gChief{true};
 int gEpoch = 0;
 std::mutex gMutex;
 
@@ -50,14 +51,19 @@ void setEpoch(int epoch) {
   gEpoch = epoch;
 }
 
-std::string prefixTag() {
+static std::string prefixTagLocked() {
   if (gRank < 0) return gRole;
   return detail::concat("r", gRank, " ", gRole, " e", gEpoch);
 }
 
+std::string prefixTag() {
+  std::lock_guard<std::mutex> lock(gMutex);
+  return prefixTagLocked();
+}
+
 void write(Level lvl, const std::string& msg) {
   if (lvl < level()) return;
-  if (lvl == Level::kInfo && !gChief && level() > Level::kDebug) return;
+  if (lvl == Level::kInfo && !gChief.load() && level() > Level::kDebug) return;
   static const std::string host = [] {
     char h[256] = {0};
     gethostname(h, sizeof(h) - 1);
@@ -65,7 +71,7 @@ void write(Level lvl, const std::string& msg) {
   }();
   std::lock_guard<std::mutex> lock(gMutex);
   FILE* out = lvl >= Level::kWarn ? stderr : stdout;
-  std::fprintf(out, "[%s %s] %s%s%s\n", host.c_str(), prefixTag().c_str(),
+  std::fprintf(out, "[%s %s] %s%s%s\n", host.c_str(), prefixTagLocked().c_str(),
                lvl == Level::kInfo ? "" : levelName(lvl), lvl == Level::kInfo ? "" : ": ",
                msg.c_str());
   std::fflush(out);

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "runtime/core/log.h"
+#include "runtime/core/test_hooks.h"
 #include "runtime/ps/server.h"
 
 namespace phx::ps {
@@ -113,6 +114,7 @@ void Server::handleReplicate(const Header& h, int src) {
   }
   const auto* a = reinterpret_cast<const float*>(rbuf_.data());
   if (full) {
+    if (h.epoch > 0) testhooks::killPoint("tail-join");  // (epoch 0: the job's first state)
     std::memcpy(w_.data(), a, n * sizeof(float));
     std::memcpy(v_.data(), a + n, n * sizeof(float));
     unpackMeta(meta.data());

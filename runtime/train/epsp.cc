@@ -142,7 +142,7 @@ void ShardEngine::laneMain(int i) {
       L.lossSum += r.lossSum;
       L.samples += task.n;
       const double per = took / task.n;
-      perSample_ = perSample_ == 0 ? per : 0.3 * per + 0.7 * perSample_;
+      perSample_ = perSample_.load() == 0 ? per : 0.3 * per + 0.7 * perSample_.load();
       straggleSeconds_ += slept;
       if (task.owner == w_) {
         ++counters_.own;

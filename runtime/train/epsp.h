@@ -8,6 +8,7 @@
 // same seeded epoch permutation). Every sample of an epoch is computed exactly once.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -170,7 +171,9 @@ class ShardEngine {
   bool cpu_ = true;
   int64_t curStep_ = -1;
   double straggleSeconds_ = 0;  // injected slowdown slept by the lanes
-  double perSample_ = 0;  // EMA of one lane's seconds per sample (compute + injected slowdown)
+  // EMA of one lane's seconds per sample (compute + injected slowdown): written by the lanes
+  // under mu_, read by the worker thread without it (TSan found the race with a plain double)
+  std::atomic<double> perSample_{0};
   std::exception_ptr laneError_;
   std::vector<Lane> lanes_;
 

@@ -5,6 +5,7 @@
 #include "recovery/checkpoint.h"
 #include "runtime/core/log.h"
 #include "runtime/core/signals.h"
+#include "runtime/core/test_hooks.h"
 #include "runtime/ps/server.h"
 #include "runtime/train/roles.h"
 
@@ -126,6 +127,7 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
                 ", version ", srv->stats().version, ")",
                 cfg.downtimeS > 0 ? detail::concat(" after --downtime ", cfg.downtimeS, " s") : "");
       if (cfg.downtimeS > 0) std::this_thread::sleep_for(std::chrono::duration<double>(cfg.downtimeS));
+      testhooks::killPoint("promote");
       srv->promote(v.shardSince[shard], asyncChain);
       killIndex = 0;  // the n-th --kill-server entry is for the n-th holder of shard 0
       for (const auto& f : v.failures) killIndex += f.shard == 0 ? 1 : 0;
@@ -190,6 +192,7 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
     recovery::LoadResult lr;
     if (ckpt || !cfg.resumeDir.empty()) lr = recovery::loadNewestSnapshot(restoreDir, shard);
     if (lr.snap) {
+      if (takeover) testhooks::killPoint("restore");
       if (lr.snap->lo != r.lo || lr.snap->hi != r.hi)
         PHX_USER_ERROR(lr.file, " holds keys [",
                        lr.snap->lo, ", ", lr.snap->hi, "), but shard ", shard, " of this model has [",
