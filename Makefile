@@ -59,7 +59,7 @@ test-asan: deps
 	cd build-asan && $(SAN_ENV) ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 FAULT_SECTIONS="$(ASAN_FAULT_SECTIONS)" \
 	  ctest --output-on-failure --timeout 1200 -L 'mpi|fault'
 
-# libFuzzer harnesses of the decoders (views, IDX files, HDF5 snapshots, flag values;
+# libFuzzer harnesses of the decoders (views, server messages, IDX files, HDF5 snapshots, flag values;
 # tests/fuzz): build-fuzz with clang, replay the corpora and kept crashes, then FUZZ_SECONDS
 # (60) of fuzzing each. .ci/run runs it with FUZZ_SECONDS=10.
 FUZZ_SECONDS ?= 60

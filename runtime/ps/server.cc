@@ -111,9 +111,12 @@ bool Server::validate(const Header& h, int src, MsgType expect, bool withPayload
     why = detail::concat("client ", h.client, " speaks from rank ",
                          layout_.workerRank(layout_.leaderOf(h.client)), ", not ", src);
   } else if (withPayload && (h.offset != opt_.range.lo || h.bytes != wantBytes)) {
-    why = detail::concat("payload covers keys [", h.offset, ", ", h.offset + h.bytes / 4,
-                         ") in ", h.bytes, " bytes; this shard owns [", opt_.range.lo, ", ",
-                         opt_.range.hi, ")");
+    // (a malformed header's end key can overflow int64: UBSan found it through tests/fuzz)
+    int64_t end = 0;
+    const bool over = __builtin_add_overflow(h.offset, h.bytes / 4, &end);
+    why = detail::concat("payload covers keys [", h.offset, ", ",
+                         over ? std::string("overflow") : std::to_string(end), ") in ", h.bytes,
+                         " bytes; this shard owns [", opt_.range.lo, ", ", opt_.range.hi, ")");
   } else if (!withPayload && h.bytes != 0) {
     why = "unexpected payload";
   } else if (h.clock < 0) {
@@ -137,6 +140,14 @@ bool Server::step() {
     while (t_.poll(MsgType::kDone, &h, &src)) {
       any = true;
       if (h.client < 0 && src == (reportTo_ >= 0 ? reportTo_ : layout_.chiefRank())) {
+        // the chief's release (the final weights were collected): header only (a payload
+        // left unread would be taken as the next such message's; found by tests/fuzz)
+        if (h.magic != transport::kMagic || h.bytes != 0) {
+          if (h.bytes > 0 && h.bytes <= (1 << 20))
+            t_.discardPayload(src, MsgType::kDone, static_cast<size_t>(h.bytes), opt_.timeoutS);
+          reject(h, src, "malformed release message (bad magic number or a payload)");
+          continue;
+        }
         released_ = true;
         continue;
       }
