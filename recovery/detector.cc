@@ -342,6 +342,11 @@ void FailureDetector::tick() {
       acting_ = true;
       for (double& x : lastHeard_) x = std::max(x, now - opt_.heartbeatS);
       for (double& x : lastFresh_) x = std::max(x, now - opt_.heartbeatS);
+      // (a non-coordinator heard nobody but its coordinator: without this, a rank that dies
+      // just after the change would be reported "detected N ms after its last heartbeat" from
+      // a heartbeat long before, seen in the tail-join phase kill: 2547 ms)
+      const double nowUnix = unixNow();
+      for (double& x : lastHeardUnix_) x = std::max(x, nowUnix - opt_.heartbeatS);
     }
     std::vector<int> dead;
     for (int r = 0; r < static_cast<int>(cur.alive.size()); ++r) {
