@@ -103,6 +103,19 @@ spawned() {
   if [ "$got" = "$n" ]; then ok; else bad "$name: $got replacement(s) took over, expected $n"; fi
 }
 
+# kill_in_write NAME MODE (sections 5, 7): the server dies halfway through writing the snapshot
+# of version 50 (--checkpoint-mode MODE); its replacement must restore version 40.
+kill_in_write() {
+  local name=$1 mode=$2
+  export PHX_TEST_KILL_IN_CHECKPOINT=50
+  EXTRA_MPI=(-x PHX_TEST_KILL_IN_CHECKPOINT)
+  job "$name" 6 --servers 1 --spares 1 --checkpoint-mode "$mode"
+  EXTRA_MPI=()
+  unset PHX_TEST_KILL_IN_CHECKPOINT
+  if grep -q "restored from .*snap-000000000040.h5" "$TMP/$name.log" 2>/dev/null; then ok; else
+    bad "$name: not restored from the snapshot before the interrupted one: $(grep -i 'restor\|snap' "$TMP/$name.log" | head)"; fi
+}
+
 # external NAME KILL|STOP|FREEZE [RECOVERY FLAGS] (section 4): the server killed or frozen from
 # outside by its PID.
 external() {
@@ -303,13 +316,7 @@ fi
 if want_section 5; then
 # 5. A kill in the middle of a snapshot write (test hook: the .tmp is half written, no rename,
 #    no marker): the replacement restores the previous valid snapshot.
-export PHX_TEST_KILL_IN_CHECKPOINT=50
-EXTRA_MPI=(-x PHX_TEST_KILL_IN_CHECKPOINT)
-job kill-in-write 6 --servers 1 --spares 1 --checkpoint-mode sync
-EXTRA_MPI=()
-unset PHX_TEST_KILL_IN_CHECKPOINT
-if grep -q "restored from .*snap-000000000040.h5" "$TMP/kill-in-write.log" 2>/dev/null; then ok; else
-  bad "kill-in-write: not restored from the snapshot before the interrupted one: $(grep -i 'restor\|snap' "$TMP/kill-in-write.log" | head)"; fi
+kill_in_write kill-in-write sync
 
 fi
 
@@ -362,13 +369,7 @@ if [ $rc -ne 124 ] && [ ! -s "$TMP/ph-spawn.json" ] &&
   bad "ph-spawn: rc $rc: $(echo "$out" | grep -E 'WARN|error' | tail -8)"; fi
 # the server dies in the middle of an asynchronous snapshot write (the writer thread): the
 # half-written file is never loaded, the previous snapshot is
-export PHX_TEST_KILL_IN_CHECKPOINT=50
-EXTRA_MPI=(-x PHX_TEST_KILL_IN_CHECKPOINT)
-job kill-in-async-write 6 --servers 1 --spares 1 --checkpoint-mode async
-EXTRA_MPI=()
-unset PHX_TEST_KILL_IN_CHECKPOINT
-if grep -q "restored from .*snap-000000000040.h5" "$TMP/kill-in-async-write.log" 2>/dev/null; then ok; else
-  bad "kill-in-async-write: not restored from the snapshot before the interrupted one: $(grep -i 'restor\|snap' "$TMP/kill-in-async-write.log" | head)"; fi
+kill_in_write kill-in-async-write async
 
 fi
 
