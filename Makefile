@@ -7,7 +7,7 @@ PHX := $(BUILD)/bin/phoenix
 RUN_DIR ?= phoenix-run
 
 
-.PHONY: all deps build run run-local test-asan test-tsan model-check fuzz test-fault test-ulfm test-multihost bench-multihost gpu-pack stragglers-sleep test test-unit bench bench-torch bench-runtime bench-recovery bench-micro stragglers recovery-experiment recovery-1worker failures-stragglers cost-table accuracy clean
+.PHONY: all deps build run run-local test-asan test-tsan model-check fuzz soak test-fault test-ulfm test-multihost bench-multihost gpu-pack stragglers-sleep test test-unit bench bench-torch bench-runtime bench-recovery bench-micro stragglers recovery-experiment recovery-1worker failures-stragglers cost-table accuracy clean
 
 all: build
 
@@ -65,6 +65,16 @@ test-asan: deps
 FUZZ_SECONDS ?= 60
 fuzz: deps
 	FUZZ_SECONDS=$(FUZZ_SECONDS) apps/scripts/fuzz.sh
+
+# Chaos soak (apps/scripts/soak.py, docs/recovery.md "Chaos soak"): jobs with kills and freezes of
+# random roles at random times and SIGUSR1 stops with resumes, every recovery mode in turn, for
+# SOAK_MINUTES (30); checks completion, lost updates, accuracy against failure-free runs, RSS and
+# descriptors flat, no process left behind. ctest's soak_short (label fault) is a 3-minute version.
+SOAK_MINUTES ?= 30
+SOAK_STEPS ?= 4000
+soak: build
+	/usr/bin/python3 apps/scripts/soak.py $(PHX) --minutes $(SOAK_MINUTES) --steps $(SOAK_STEPS) --spares 3 --events 4 \
+	  --json $(BUILD)/soak.json
 
 # The membership and chain fail-over protocol checked with spin (recovery/model/README.md):
 # the protocol as built must hold its properties, each earlier form must be caught. ~4 min.

@@ -32,8 +32,10 @@ MPIRUN=(mpirun -n "$NTASKS" --bind-to none)
 read -r -a FT_FLAG <<< "$("$PHOENIX_HOME/apps/scripts/mpirun_ft_flag.sh" 2>/dev/null || true)"
 
 TRAIN_ARGS=(train --servers "$PHOENIX_SERVERS" --spares "$PHOENIX_SPARES" --model "$PHOENIX_MODEL"
-            --epochs "$PHOENIX_EPOCHS" --metrics "$PHOENIX_RUN_DIR/metrics.csv"
+            --metrics "$PHOENIX_RUN_DIR/metrics.csv"
             --summary "$PHOENIX_RUN_DIR/summary.json" --checkpoint-dir "$PHOENIX_RUN_DIR/checkpoints")
+# --steps in PHOENIX_ARGS sets the length instead of --epochs (phoenix refuses both at once)
+case " $PHOENIX_ARGS " in *" --steps "*) ;; *) TRAIN_ARGS+=(--epochs "$PHOENIX_EPOCHS");; esac
 # shellcheck disable=SC2206  # PHOENIX_ARGS is a list of flags on purpose
 TRAIN_ARGS+=($PHOENIX_ARGS)
 

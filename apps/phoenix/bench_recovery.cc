@@ -184,11 +184,12 @@ int runRecoveryBench(const RecoveryBenchOptions& opt) {
     char row[600];
     std::snprintf(row, sizeof row,
                   "%s\n  {\"mode\": \"%s\", \"sync\": \"%s\", \"freeze\": %s, \"kills\": %zu, \"failed_jobs\": %d, "
-                  "\"detected_ms_median\": %.1f, \"recovered_ms_median\": %.1f, "
-                  "\"acknowledged_pushes_lost_max\": %.0f, \"accuracy_median\": %.4f, \"spares\": %d, \"detected_by_mpi\": %d}",
+                  "\"detected_ms_median\": %s, \"recovered_ms_median\": %s, "
+                  "\"acknowledged_pushes_lost_max\": %.0f, \"accuracy_median\": %s, \"spares\": %d, \"detected_by_mpi\": %d}",
                   json.size() > 1 ? "," : "", mode.c_str(), opt.sync.c_str(), opt.freeze ? "true" : "false",
                   det.size(), failedJobs,
-                  median(det), median(rec), lostMax, median(acc), opt.spares, byMpi);
+                  jsonNumber(median(det)).c_str(), jsonNumber(median(rec)).c_str(), lostMax,
+                  jsonNumber(median(acc)).c_str(), opt.spares, byMpi);
     json += row;
   }
   json += "\n]\n";

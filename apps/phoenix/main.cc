@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <cstdlib>
 #include <exception>
 #include <map>
@@ -48,11 +49,18 @@ int runTrain(phx::Config& cfg) {
   cfg.launchCanSpawn = phx::recovery::MpiRespawner::launchCanSpawn();
   const phx::transport::LaunchSet ls = phx::transport::launchSet();
   cfg.launches = ls.multi() ? std::max(2, ls.count) : 1;
-  cfg.validate();
-  if (cfg.recovery != "none" && cfg.recovery != "auto" && !cfg.launchSurvives)
-    PHX_USER_ERROR("--recovery ", cfg.recovery, " needs the other ranks to survive a death, but this "
-                   "launch kills the whole job when one rank dies; launch with `mpirun ",
-                   cfg.survivorFlag, " ...` (", phx::transport::mpiName(), "), or pass --recovery none");
+  auto check = [&cfg] {
+    cfg.validate();
+    cfg.checkFlagsTakeEffect(false);
+    std::error_code ec;
+    if (!cfg.resumeDir.empty() && !std::filesystem::is_directory(cfg.resumeDir, ec))
+      PHX_USER_ERROR("--resume ", cfg.resumeDir, ": no such directory; give the --checkpoint-dir of the job "
+                     "to continue, or train from scratch without --resume");
+    if (cfg.recovery != "none" && cfg.recovery != "auto" && !cfg.launchSurvives)
+      PHX_USER_ERROR("--recovery ", cfg.recovery, " needs the other ranks to survive a death, but this "
+                     "launch kills the whole job when one rank dies; launch with `mpirun ",
+                     cfg.survivorFlag, " ...` (", phx::transport::mpiName(), "), or pass --recovery none");
+  };
   return phx::apps::runUnderMpi([&cfg, &ls](int, int size) {
     MPI_Comm parent = MPI_COMM_NULL;
     MPI_Comm_get_parent(&parent);
@@ -97,7 +105,7 @@ int runTrain(phx::Config& cfg) {
       m.atEnd = [](const std::vector<int>& failed) { phx::transport::endFailedOnThisHost(failed); };
       phx::train::runDistributed(cfg, t, nullptr, &dt, &m);
     }
-  });
+  }, check);
 }
 
 int runInspect(const std::vector<std::string>& files) {
@@ -352,6 +360,12 @@ int main(int argc, char** argv) {
 
   try {
     if (train->parsed()) {
+      // the flags given (a flag given at its default value, e.g. a script's `--spares 0`, changes
+      // nothing and is not counted: Config::checkFlagsTakeEffect)
+      for (const CLI::Option* o : train->get_options())
+        if (o->count() > 0 && !o->get_lnames().empty() &&
+            !(o->results().size() == 1 && o->results()[0] == o->get_default_str()))
+          cfg.given.push_back("--" + o->get_lnames().front());
       // Before MPI, OpenMP or CUDA start a thread: every thread inherits the blocked stop
       // signals, and only the signal thread takes them (runtime/core/signals.h).
       phx::signals::startSignalThread();

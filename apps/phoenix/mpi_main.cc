@@ -38,7 +38,7 @@ void boundedFinalize(int code, double seconds, MPI_Comm endComm) {
 }
 }  // namespace
 
-int runUnderMpi(const std::function<void(int rank, int size)>& body) {
+int runUnderMpi(const std::function<void(int rank, int size)>& body, const std::function<void()>& check) {
 #if defined(OMPI_MAJOR_VERSION) && OMPI_MAJOR_VERSION < 5
   // Open MPI 4.1's TCP transport is progressed by its event loop; after any peer process dies
   // that loop runs only on the default event tick, and every message between survivors over
@@ -62,6 +62,19 @@ int runUnderMpi(const std::function<void(int rank, int size)>& body) {
     MPI_Comm_size(job, &size);
     MPI_Comm_rank(job, &rank);
     if (transport::ulfm::active()) MPI_Comm_dup(job, &endComm);
+    if (check) {
+      try {
+        check();
+      } catch (const UserError& e) {
+        // every rank has the same flags and fails alike: one line, then the job ends with 2
+        if (rank == 0) std::fprintf(stderr, "phoenix: error: %s\n", e.what());
+        std::fflush(nullptr);
+        MPI_Barrier(job);
+        if (size > 1) MPI_Abort(job, 2);
+        boundedFinalize(2, 10.0, endComm);
+        return 2;
+      }
+    }
     body(rank, size);
   } catch (const UserError& e) {
     std::fprintf(stderr, "phoenix: error: [rank %d] %s\n", rank, e.what());

@@ -8,6 +8,10 @@
 
 namespace phx::apps {
 
-int runUnderMpi(const std::function<void(int rank, int size)>& body);
+// `check` (optional) runs first on every rank, after MPI is up: a UserError it throws (a bad
+// flag, the same on every rank) is printed once, by rank 0, and ends the job with exit code 2.
+// (Before MPI_Init a rank's exit code is lost: mpirun with survivors kept alive ends with 0.)
+int runUnderMpi(const std::function<void(int rank, int size)>& body,
+                const std::function<void()>& check = {});
 
 }  // namespace phx::apps

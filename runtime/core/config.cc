@@ -224,4 +224,76 @@ void Config::validate() const {
     PHX_USER_ERROR("--straggler-theta ", stragglerTheta, " must be >= 0");
 }
 
+bool Config::isGiven(const std::string& flag) const {
+  return std::find(given.begin(), given.end(), flag) != given.end();
+}
+
+bool Config::localSnapshots() const {
+  if (recovery == "checkpoint") return true;
+  if (recovery != "auto") return false;
+  for (const char* f : {"--checkpoint-dir", "--checkpoint-every", "--checkpoint-mode", "--checkpoint-keep", "--resume"})
+    if (isGiven(f)) return true;
+  return false;
+}
+
+void Config::checkFlagsTakeEffect(bool oneProcess) const {
+  // (flag, why it has no effect here); the first given one is reported
+  std::vector<std::pair<const char*, std::string>> unused;
+  auto need = [&](const char* flag, bool effective, const std::string& why) {
+    if (!effective) unused.emplace_back(flag, why);
+  };
+  need("--epochs", steps <= 0, "--steps is also given and sets the length of the run; pass one of the two");
+  if (oneProcess) {
+    const std::string job = "; one process has one worker and no servers (run a job: mpirun -n N phoenix train ... --servers S)";
+    for (const char* f : {"--servers", "--replicas", "--spares", "--spawn", "--group-size", "--sync", "--epsp-mode",
+                          "--shards", "--max-parallelism", "--transfer", "--audit-samples", "--backup-workers",
+                          "--scale-updates", "--staleness", "--group-reduce", "--aggregate", "--peer-timeout",
+                          "--chain-mode", "--replicate-every", "--stateless-buffer", "--backlog-rule",
+                          "--heartbeat-ms", "--failure-timeout-ms", "--kill-server", "--kill-worker", "--downtime",
+                          "--straggle", "--straggle-random", "--straggler-theta"})
+      need(f, false, detail::concat("it sets up the ranks of an mpirun job", job));
+    // (--checkpoint-dir and --checkpoint-keep also serve the snapshot of a stop signal, in every mode)
+    const bool snaps = localSnapshots();
+    for (const char* f : {"--checkpoint-every", "--checkpoint-mode"})
+      need(f, snaps, detail::concat("periodic snapshots are written with --recovery checkpoint (now ", recovery, ")"));
+  } else {
+    const std::string rec = effectiveRecovery();
+    const std::string recNow = recovery == "auto" ? detail::concat("auto, here ", rec) : rec;
+    const bool chained = rec == "chain" || rec == "hybrid";
+    const bool stateless = rec == "stateless" || rec == "hybrid";
+    const bool snaps = rec == "checkpoint" || rec == "stateless";
+    const bool epsp = sync == "epsp";
+    const bool rounds = sync == "bsp" || sync == "syncopt" || (epsp && epspMode == "enforced");
+    need("--epsp-mode", epsp, detail::concat("it chooses how --sync epsp bounds its workers (now --sync ", sync, ")"));
+    for (const char* f : {"--shards", "--transfer", "--audit-samples"})
+      need(f, shardedSync(), detail::concat("the work is split into shards by --sync epsp or flexrr only (now --sync ", sync, ")"));
+    need("--max-parallelism", epsp, detail::concat("only --sync epsp runs shards in parallel lanes (now --sync ", sync, ")"));
+    need("--staleness", sync == "ssp" || sync == "flexrr" || (epsp && epspMode == "slack"),
+         detail::concat("the staleness bound is used by --sync ssp, flexrr and epsp --epsp-mode slack (now --sync ", sync,
+                        epsp ? " --epsp-mode " + epspMode : std::string(), ")"));
+    need("--aggregate", rounds || groupSize > 1,
+         detail::concat("it combines the gradients of one round (--sync bsp, syncopt, epsp enforced) or of a "
+                        "--group-size group; --sync ", sync, " applies each push on its own"));
+    need("--group-reduce", groupSize > 1, "it chooses how a worker group reduces, and --group-size is 1");
+    need("--spawn", rec != "none", detail::concat("replacements are started for --recovery modes other than none (now ", recNow, ")"));
+    need("--downtime", rec != "none", detail::concat("it delays the takeover of a replacement, and --recovery is ", recNow));
+    for (const char* f : {"--chain-mode", "--replicas"})
+      need(f, chained, detail::concat("it sets up the replica chain of --recovery chain or hybrid (now ", recNow, ")"));
+    need("--spares", rec != "none", detail::concat("spares take over dead ranks, and --recovery is ", recNow));
+    need("--replicate-every", chained && chainMode == "async",
+         detail::concat("replicas are refreshed every N steps with --recovery chain or hybrid and --chain-mode async (now ",
+                        recNow, chained ? ", --chain-mode " + chainMode : std::string(), ")"));
+    for (const char* f : {"--stateless-buffer", "--backlog-rule"})
+      need(f, stateless, detail::concat("the workers buffer updates during an outage with --recovery stateless or hybrid (now ",
+                                        recNow, ")"));
+    // (--checkpoint-dir and --checkpoint-keep also serve the snapshots of a stop signal, in every mode)
+    for (const char* f : {"--checkpoint-every", "--checkpoint-mode"})
+      need(f, snaps, detail::concat("servers write periodic snapshots with --recovery checkpoint or stateless (now ", recNow,
+                                    rec == "none" && !launchSurvives ? "; this launch kills the whole job when a rank dies: "
+                                    "launch with mpirun " + survivorFlag : std::string(), ")"));
+  }
+  for (const auto& [flag, why] : unused)
+    if (isGiven(flag)) PHX_USER_ERROR(flag, " would have no effect in this run: ", why);
+}
+
 }  // namespace phx

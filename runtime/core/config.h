@@ -130,6 +130,18 @@ struct Config {
 
   // Throws UserError for values that cannot work, naming the flag and what is accepted.
   void validate() const;
+
+  // The flags given on the command line or in a --config file ("--staleness", ...; set by
+  // apps/). A flag not listed keeps its default.
+  std::vector<std::string> given;
+  bool isGiven(const std::string& flag) const;
+  // No flag silently ignored: throws UserError naming the first given flag that would have no
+  // effect in this run and why (in one process, the flags of a job; in a job, the flags of
+  // another sync or recovery mode than the one chosen).
+  void checkFlagsTakeEffect(bool oneProcess) const;
+  // One process: snapshots are written with --recovery checkpoint, or with auto when a
+  // --checkpoint-* flag or --resume is given.
+  bool localSnapshots() const;
 };
 
 // The learning rate of `step` (0-based) in a run of totalSteps under cfg.lrSchedule.

@@ -1,6 +1,7 @@
 #include "runtime/core/metrics.h"
 
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <sstream>
 
@@ -52,11 +53,19 @@ std::string jsonString(const std::string& s) {
   return o + "\"";
 }
 
+std::string jsonNumber(double v) { return std::isfinite(v) ? std::to_string(v) : std::string("null"); }
+
 std::string Summary::toJson() const {
   std::ostringstream os;
   os.precision(6);
-  os << "{\n  \"final_test_accuracy\": " << finalTestAccuracy << ",\n  \"steps\": " << steps
-     << ",\n  \"samples_per_s\": " << samplesPerS << ",\n  \"updates_applied\": " << updatesApplied
+  auto num = [](double v) {
+    std::ostringstream o;
+    o.precision(6);
+    o << v;
+    return std::isfinite(v) ? o.str() : std::string("null");
+  };
+  os << "{\n  \"final_test_accuracy\": " << num(finalTestAccuracy) << ",\n  \"steps\": " << steps
+     << ",\n  \"samples_per_s\": " << num(samplesPerS) << ",\n  \"updates_applied\": " << updatesApplied
      << ",\n  \"updates_lost\": " << updatesLost << ",\n  \"failures\": [";
   for (size_t i = 0; i < failures.size(); ++i) {
     const auto& f = failures[i];

@@ -61,6 +61,9 @@ struct Summary {
 };
 
 std::string jsonString(const std::string& s);
+// A number for JSON: std::to_string's digits, or null when it is NaN or infinite (JSON has no
+// NaN: a chief that took over just before a stop has no training loss of its own yet).
+std::string jsonNumber(double v);
 // Writes text to path atomically (temporary file, then rename); throws UserError on failure.
 void writeFileAtomic(const std::string& path, const std::string& text);
 

@@ -206,9 +206,9 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
              {"device", jsonString(be_->describe())},
              {"batch", std::to_string(cfg_.batch)},
              {"samples", detail::concat(static_cast<int64_t>(totalSamples))},
-             {"train_seconds", std::to_string(trainSeconds)},
-             {"final_train_loss", std::to_string(lastTrainLoss)},
-             {"final_test_loss", std::to_string(e.loss)},
+             {"train_seconds", jsonNumber(trainSeconds)},
+             {"final_train_loss", jsonNumber(lastTrainLoss)},
+             {"final_test_loss", jsonNumber(e.loss)},
              // the final weights' CRC-32: equal runs (fixed seeds, BSP) give equal values
              {"final_weights_crc32", std::to_string(weightsCrc)},
              {"workers", std::to_string(layout_.workers())},
@@ -224,7 +224,7 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
              {"max_staleness", detail::concat(static_cast<int64_t>(maxStale))},
              {"recovery", jsonString(ft_.mode)},
              {"snapshots_written", detail::concat(static_cast<int64_t>(snapshots))},
-             {"checkpoint_blocking_seconds", std::to_string(ckptSeconds)},
+             {"checkpoint_blocking_seconds", jsonNumber(ckptSeconds)},
              {"resends", detail::concat(client_.resends())},
              {"pushes_acknowledged", detail::concat(static_cast<int64_t>(acked))},
              {"gradients_applied", detail::concat(gradientsApplied)},
@@ -242,6 +242,14 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
              {"max_parallelism", std::to_string(cfg_.sync == "epsp" ? cfg_.maxParallelism : 1)},
              {"transfer", cfg_.shardedSync() && cfg_.transfer ? "true" : "false"},
              {"shards_transferred", detail::concat(static_cast<int64_t>(transferred))},
+             // the recovery settings in effect (empty or 0 where the mode does not use them)
+             {"spares", std::to_string(layout_.spares())},
+             {"spawn_replacements", cfg_.spawnReplacements() ? "true" : "false"},
+             {"chain_mode", jsonString(ft_.mode == "chain" || ft_.mode == "hybrid" ? cfg_.chainMode : "")},
+             {"replicate_every", std::to_string((ft_.mode == "chain" || ft_.mode == "hybrid") && cfg_.chainMode == "async" ? cfg_.replicateEvery : 0)},
+             {"stateless_buffer", std::to_string(ft_.mode == "stateless" || ft_.mode == "hybrid" ? cfg_.statelessBuffer : 0)},
+             {"backlog_rule", jsonString(ft_.mode == "stateless" || ft_.mode == "hybrid" ? cfg_.backlogRule : "")},
+             {"checkpoint_mode", jsonString(ft_.mode == "checkpoint" || ft_.mode == "stateless" ? cfg_.checkpointMode : "")},
              {"ranks", ranks}};
   if (!cfg_.summaryPath.empty()) writeFileAtomic(cfg_.summaryPath, s.toJson());
   log::info(stepsDone_ < s.steps ? detail::concat("stopped: ", stepsDone_, " of ", s.steps)

@@ -110,8 +110,25 @@ void WorkerLoop::takeOverAsChief() {
 
 bool WorkerLoop::reportAndIdle(const RankStats& rs) {
   int reportedTo = ft_.chief;
-  sendStats(t_, reportedTo, rs, cfg_.peerTimeoutS);
-  if (!ft_.det) return false;
+  // The counters go to the chief; a view change while they are sent (the chief died at that
+  // moment: the soak found this escape) sends them to the next chief, or this worker is it.
+  auto report = [&]() -> bool {
+    for (;;) {
+      try {
+        reportedTo = ft_.chief;
+        sendStats(t_, reportedTo, rs, cfg_.peerTimeoutS);
+        return true;
+      } catch (const transport::ViewChanged&) {
+        client_.refreshNow();
+        if (isChief()) return false;
+      }
+    }
+  };
+  if (!ft_.det) {
+    sendStats(t_, reportedTo, rs, cfg_.peerTimeoutS);
+    return false;
+  }
+  if (!report()) return true;  // became the chief while reporting
   // Stay until released: a server that dies now is replaced, and its replacement must hear this
   // client's "done" again; a chief that dies is replaced, and the new one needs these counters.
   bool becameChief = false;
@@ -121,9 +138,9 @@ bool WorkerLoop::reportAndIdle(const RankStats& rs) {
       becameChief = true;
       return false;
     }
-    if (ft_.chief != reportedTo) {
-      reportedTo = ft_.chief;
-      sendStats(t_, reportedTo, rs, cfg_.peerTimeoutS);
+    if (ft_.chief != reportedTo && !report()) {
+      becameChief = true;
+      return false;
     }
     return true;
   });

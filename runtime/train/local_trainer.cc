@@ -62,18 +62,19 @@ TrainResult runLocal(const Config& cfg) {
 }
 
 TrainResult runLocal(const Config& cfg, const data::FashionMnist& fm) {
-  cfg.validate();
-  if (!cfg.straggle.empty() || !cfg.straggleRandom.empty())
-    PHX_USER_ERROR("--straggle and --straggle-random slow down workers of an mpirun job; this is a "
-                   "single-process run (start it with mpirun -n N ... --servers S)");
   if (cfg.recovery == "chain" || cfg.recovery == "stateless" || cfg.recovery == "hybrid")
     PHX_USER_ERROR("--recovery ", cfg.recovery, " keeps the state on other ranks (replicas, the workers' "
                    "copies), and one process has none; use --recovery checkpoint here, or run a job "
                    "(mpirun -n N ... --servers S)");
+  cfg.validate();
+  cfg.checkFlagsTakeEffect(true);
+  if (!cfg.straggle.empty() || !cfg.straggleRandom.empty())
+    PHX_USER_ERROR("--straggle and --straggle-random slow down workers of an mpirun job; this is a "
+                   "single-process run (start it with mpirun -n N ... --servers S)");
   // One process is the simplest case of training through a failure: --recovery checkpoint
   // writes snapshots every --checkpoint-every, --resume continues from the newest valid one,
   // and a stop signal ends the run after the current step with a snapshot.
-  const bool ckpt = cfg.recovery == "checkpoint";
+  const bool ckpt = cfg.localSnapshots();
   const Schedule every = parseSchedule("--checkpoint-every", cfg.checkpointEvery);
   auto backend = kernels::makeBackend(cfg.device, cfg.threads);
   const kernels::ModelSpec spec = kernels::parseModelSpec(cfg.model);
@@ -124,6 +125,12 @@ TrainResult runLocal(const Config& cfg, const data::FashionMnist& fm) {
   std::unique_ptr<recovery::AsyncSnapshotWriter> writer;
   if (ckpt && !every.empty() && cfg.checkpointMode == "async")
     writer = std::make_unique<recovery::AsyncSnapshotWriter>(cfg.checkpointDir, cfg.checkpointKeep);
+  if (ckpt && !every.empty())
+    log::debug("snapshots every ", cfg.checkpointEvery, " into ", cfg.checkpointDir, ", written ",
+               writer ? "by a background thread (async)" : "by the training thread (sync)", ", ",
+               cfg.checkpointKeep, " kept");
+  log::debug("evaluation in chunks of ", std::min(cfg.evalBatch, model.maxBatch()), " samples",
+             cfg.evalSamples > 0 ? detail::concat(", the first ", cfg.evalSamples, " test samples during training") : "");
   int64_t snapshots = 0;
   double lastSnapUnix = recovery::unixNow();
   auto snapshot = [&](int64_t step) {
@@ -232,9 +239,9 @@ TrainResult runLocal(const Config& cfg, const data::FashionMnist& fm) {
              {"device", jsonString(backend->describe())},
              {"batch", std::to_string(cfg.batch)},
              {"samples", std::to_string(samples)},
-             {"train_seconds", std::to_string(trainSeconds)},
-             {"final_train_loss", std::to_string(lastLoss)},
-             {"final_test_loss", std::to_string(lastTestLoss)},
+             {"train_seconds", jsonNumber(trainSeconds)},
+             {"final_train_loss", jsonNumber(lastLoss)},
+             {"final_test_loss", jsonNumber(lastTestLoss)},
              {"workers", "1"},
              {"servers", "0"},
              {"steps_completed", std::to_string(stepsDone)},

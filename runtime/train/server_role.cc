@@ -222,6 +222,13 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
   } else if (chained) {
     server.setChain(layout.serverRank(shard), -1);
   }
+  // Workers that died before this rank began to serve (a replacement, a spare taking over) are
+  // already out of the view: drop them now, or a round would wait for their pushes forever.
+  if (ft.det) {
+    const recovery::View v = ft.det->view();
+    for (int c = 0; c < layout.groups(); ++c)
+      if (!v.isAlive(layout.workerRank(layout.leaderOf(c)))) server.dropClient(c);
+  }
   if (entry != Entry::kReplica)
     log::info("shard ", shard, " owns keys [", r.lo, ", ", r.hi, ") of ", all.size(), ", sync ",
               policy->name(), ", ", layout.groups(), " client(s)", takeover ? " (took over)" : "");

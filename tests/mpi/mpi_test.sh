@@ -67,10 +67,6 @@ if job ssp 5 --servers 2 --sync ssp --staleness 2; then
   check ssp "s['updates_applied'] == 3 * 40 and s['max_clock_lead'] <= 2"
 fi
 
-# Replicas and spares idle in this build but the job still ends cleanly.
-if job idle 6 --servers 1 --replicas 1 --spares 2 --sync bsp; then
-  check idle "s['workers'] == 2 and s['updates_applied'] == 40"
-fi
 
 # expect_fail NAME PATTERN NP ARGS...: the job ends non-zero, promptly, with the message.
 expect_fail() {
@@ -86,6 +82,9 @@ expect_fail no-server "--servers" 3 --servers 0
 expect_fail big-group "--group-size 4 is larger than the 2 workers" 3 --group-size 4
 expect_fail bad-data "phoenix: error: .*fashion-mnist-missing" 3 --data-dir "$TMP/fashion-mnist-missing"
 expect_fail straggle-server "--straggle 0:3: rank 0 is not a worker" 3 --servers 1 --straggle 0:3
+# Replicas and spares under a launch that ends the job at a death (no survivor flag: recovery
+# none) would sit idle: refused, naming the flag and the recovery in effect.
+expect_fail idle "--replicas would have no effect in this run: .*now auto, here none" 6 --servers 1 --replicas 1 --spares 2
 
 # Straggler injection: rank 3 is 3x slower per sample (it sleeps twice its compute time), the
 # others not at all; under BSP everyone still does every step.

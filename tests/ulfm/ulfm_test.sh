@@ -21,7 +21,9 @@ timeout 1500 "$ROOTSH" run "cmake -S . -B build-ulfm -DCMAKE_BUILD_TYPE=Release 
     cmake --build build-ulfm -j \${JOBS:-2} > build-ulfm.build.log 2>&1 || { grep -E 'error|Error' build-ulfm.build.log | head -20; exit 1; }" \
   || { echo "FAIL: Phoenix does not build under Open MPI 5 (logs: build-ulfm.*.log)"; exit 1; }
 echo "ulfm: built in $((SECONDS - t1)) s"
-timeout 2400 "$ROOTSH" run "mpirun --version | head -1; cd build-ulfm && ctest --output-on-failure -j 2 --timeout 900 -L '$LABELS'"
+# (the chaos soak, soak_short, runs under the host's Open MPI 4.1 only: its kills of spares and
+# replicas under Open MPI 5 + ULFM are not measured yet)
+timeout 2400 "$ROOTSH" run "mpirun --version | head -1; cd build-ulfm && ctest --output-on-failure -j 2 --timeout 900 -L '$LABELS' -E '^soak_short$'"
 rc=$?
 echo "ulfm: labels $LABELS under Open MPI 5 + ULFM: rc $rc, $((SECONDS - t0)) s in all"
 exit $rc

@@ -4,12 +4,14 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <set>
 
 #include "runtime/core/error.h"
+#include "runtime/core/metrics.h"
 #include "runtime/data/fashion_mnist.h"
 
 namespace phx::data {
@@ -195,3 +197,19 @@ TEST(FashionMnist, DebianDatasetWhenInstalled) {
 
 }  // namespace
 }  // namespace phx::data
+
+// The summary stays valid JSON when a value is not a number (a chief that took over right
+// before a stop has no training loss yet): null, never "nan" or "inf".
+TEST(SummaryJson, NonFiniteNumbersAreNull) {
+  EXPECT_EQ(phx::jsonNumber(std::nan("")), "null");
+  EXPECT_EQ(phx::jsonNumber(1.0 / 0.0), "null");
+  EXPECT_EQ(phx::jsonNumber(0.5), "0.500000");
+  phx::Summary s;
+  s.finalTestAccuracy = std::nan("");
+  s.samplesPerS = 10;
+  s.extra = {{"final_train_loss", phx::jsonNumber(std::nan(""))}};
+  const std::string j = s.toJson();
+  EXPECT_EQ(j.find("nan"), std::string::npos) << j;
+  EXPECT_NE(j.find("\"final_test_accuracy\": null"), std::string::npos) << j;
+  EXPECT_NE(j.find("\"final_train_loss\": null"), std::string::npos) << j;
+}
