@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <string>
 #include <thread>
 
 #include "runtime/core/error.h"
@@ -63,14 +64,21 @@ int runUnderMpi(const std::function<void(int rank, int size)>& body, const std::
     MPI_Comm_rank(job, &rank);
     if (transport::ulfm::active()) MPI_Comm_dup(job, &endComm);
     if (check) {
+      // Every rank checks; if any fails (the same flags fail alike on every rank) the lowest
+      // failing rank prints its line and every rank leaves with 2 through MPI_Finalize: no
+      // MPI_Abort (under Open MPI 5 with --with-ft ulfm an abort from a rank left the others
+      // hanging), and no rank starts training while another has refused.
+      std::string why;
       try {
         check();
       } catch (const UserError& e) {
-        // every rank has the same flags and fails alike: one line, then the job ends with 2
-        if (rank == 0) std::fprintf(stderr, "phoenix: error: %s\n", e.what());
+        why = e.what();
+      }
+      int mine = why.empty() ? size : rank, first = size;
+      MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, job);
+      if (first < size) {
+        if (rank == first) std::fprintf(stderr, "phoenix: error: %s\n", why.c_str());
         std::fflush(nullptr);
-        MPI_Barrier(job);
-        if (size > 1) MPI_Abort(job, 2);
         boundedFinalize(2, 10.0, endComm);
         return 2;
       }

@@ -8,9 +8,9 @@
 
 namespace phx::apps {
 
-// `check` (optional) runs first on every rank, after MPI is up: a UserError it throws (a bad
-// flag, the same on every rank) is printed once, by rank 0, and ends the job with exit code 2.
-// (Before MPI_Init a rank's exit code is lost: mpirun with survivors kept alive ends with 0.)
+// `check` (optional) runs first on every rank, after MPI is up: if it throws a UserError on
+// any rank (a bad flag: the same on every rank), the lowest such rank prints the line and every
+// rank leaves with exit code 2 through MPI_Finalize, before any training.
 int runUnderMpi(const std::function<void(int rank, int size)>& body,
                 const std::function<void()>& check = {});
 

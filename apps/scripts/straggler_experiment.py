@@ -66,12 +66,11 @@ def run_job(a, name, policy, setting_flags, seed):
     if "budgets" in setting_flags:
         launch = ([BUDGET, "run", "--budgets", setting_flags["budgets"], "--default",
                    f"{setting_flags['share']:.4f}", "--"] + launch + [BUDGET, "exec"])
-    cmd = (launch + [a.phoenix, "train", "--servers", "1", "--model", a.model, "--epochs", str(a.epochs), "--threads", "1",
+    length = ["--steps", str(a.steps)] if a.steps else ["--epochs", str(a.epochs)]  # one of the two
+    cmd = (launch + [a.phoenix, "train", "--servers", "1", "--model", a.model, *length, "--threads", "1",
             "--seed", str(seed), "--eval-every", a.eval_every, "--log-level", "warn",
             "--metrics", base + ".csv", "--summary", base + ".json"]
            + POLICIES[policy] + setting_flags["flags"])
-    if a.steps:
-        cmd += ["--steps", str(a.steps)]
     cmd += a.extra.split()
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                OMP_WAIT_POLICY="PASSIVE")
