@@ -128,7 +128,7 @@ void addTrainFlags(CLI::App& app, phx::Config& c) {
       ->capture_default_str();
   app.add_option("--batch", c.batch, "Mini-batch size per worker")
       ->check(CLI::Range(1, 65536))->capture_default_str();
-  app.add_option("--epochs", c.epochs, "Epochs to train (ignored when --steps is given)")
+  app.add_option("--epochs", c.epochs, "Epochs to train (not together with --steps)")
       ->check(CLI::Range(1, 100000))->capture_default_str();
   app.add_option("--steps", c.steps, "Steps to train per worker (0 = use --epochs)")
       ->check(CLI::NonNegativeNumber)->capture_default_str();
