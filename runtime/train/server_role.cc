@@ -112,10 +112,14 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
     pending = ft.accept();
     viewPending = true;
   };
-  auto actOnView = [&](const recovery::View& v) {
-    srv->setReportTo(ft.chief);
+  // Clients whose worker (group leader) is out of the view leave the rounds.
+  auto dropDeadClients = [&](const recovery::View& v) {
     for (int c = 0; c < layout.groups(); ++c)
       if (!v.isAlive(layout.workerRank(layout.leaderOf(c)))) srv->dropClient(c);
+  };
+  auto actOnView = [&](const recovery::View& v) {
+    srv->setReportTo(ft.chief);
+    dropDeadClients(v);
     if (!chained) return;
     const int me = t.rank();
     const int head = v.shardRank[shard];
@@ -224,11 +228,7 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
   }
   // Workers that died before this rank began to serve (a replacement, a spare taking over) are
   // already out of the view: drop them now, or a round would wait for their pushes forever.
-  if (ft.det) {
-    const recovery::View v = ft.det->view();
-    for (int c = 0; c < layout.groups(); ++c)
-      if (!v.isAlive(layout.workerRank(layout.leaderOf(c)))) server.dropClient(c);
-  }
+  if (ft.det) dropDeadClients(ft.det->view());
   if (entry != Entry::kReplica)
     log::info("shard ", shard, " owns keys [", r.lo, ", ", r.hi, ") of ", all.size(), ", sync ",
               policy->name(), ", ", layout.groups(), " client(s)", takeover ? " (took over)" : "");
