@@ -30,6 +30,7 @@ Server::Server(transport::Transport& t, const RoleLayout& layout, const ServerOp
   offset_.assign(opt_.clients, 0);
   known_.assign(opt_.clients, 1);
   done_.assign(opt_.clients, 0);
+  inRound_.assign(opt_.clients, 0);
   applied_.assign(opt_.clients, 0);
   stepMicros_.assign(opt_.clients, 0);
   headRank_ = t_.rank();
@@ -61,7 +62,7 @@ void Server::restore(int64_t version, int64_t round, std::vector<float> w, std::
 void Server::beginResync() {
   resync_ = true;
   firstApply_ = 0;
-  roundPushes_ = 0;
+  clearRound();
   for (int c = 0; c < opt_.clients; ++c) {
     clocks_[c] = policy_.roundBased() ? round_ : 0;
     known_[c] = 0;
@@ -82,8 +83,7 @@ void Server::dropClient(int c) {
   ++stats_.clientsLost;
   log::warn("shard ", opt_.shard, ": client ", c, " lost (its rank died); ",
             opt_.clients - doneCount_, " client(s) go on");
-  if (policy_.roundBased() && roundPushes_ > 0 && roundPushes_ >= roundQuorum())
-    closeRound();
+  if (roundComplete()) closeRound();
   finishRejoinIfReady();
   serveDeferred();
 }
@@ -255,7 +255,8 @@ void Server::handlePush(const Header& h, int src) {
       roundBaseMin_ = std::min(roundBaseMin_, h.version);
     }
     ++roundPushes_;
-    if (roundPushes_ >= roundQuorum()) closeRound();
+    inRound_[c] = 1;
+    if (roundComplete()) closeRound();
   } else {
     apply(recv_.data(), h.version);
   }
@@ -268,7 +269,7 @@ void Server::handlePush(const Header& h, int src) {
 void Server::closeRound() {
   if (opt_.aggregate == sync::Aggregate::kMean && roundPushes_ > 1)
     be_.scale(acc_.size(), 1.0f / static_cast<float>(roundPushes_), acc_.data());
-  roundPushes_ = 0;
+  clearRound();
   ++round_;  // before apply: a snapshot taken after the update records the closed round
   apply(acc_.data(), roundBaseMin_);
 }
@@ -278,6 +279,22 @@ int32_t Server::medianStepMicros() const {
   for (int c = 0; c < opt_.clients; ++c)
     if (!done_[c] && stepMicros_[c] > 0) v.push_back(stepMicros_[c]);
   return sync::medianOf(std::move(v));
+}
+
+void Server::clearRound() {
+  roundPushes_ = 0;
+  std::fill(inRound_.begin(), inRound_.end(), 0);
+}
+
+// A round closes when the live clients' pushes reach the quorum. Pushes of clients that died or
+// said done since stay in the sum but do not count: when a whole host of workers is lost after
+// they pushed, the round still waits for the survivors (it once closed on the dead's pushes and
+// rejected the survivor's push for the round it was computing).
+bool Server::roundComplete() const {
+  if (!policy_.roundBased() || roundPushes_ == 0) return false;
+  int live = 0;
+  for (int c = 0; c < opt_.clients; ++c) live += (inRound_[c] && !done_[c]) ? 1 : 0;
+  return live >= roundQuorum();
 }
 
 int Server::roundQuorum() const {
@@ -345,8 +362,7 @@ void Server::handleDone(const Header& h, int src) {
   ++doneCount_;
   log::debug("shard ", opt_.shard, ": client ", h.client, " done at clock ", clocks_[h.client]);
   // A round that was only waiting for this client can close now.
-  if (policy_.roundBased() && roundPushes_ > 0 && roundPushes_ >= roundQuorum())
-    closeRound();
+  if (roundComplete()) closeRound();
 }
 
 int64_t Server::minActiveClock() const {

@@ -202,6 +202,10 @@ class Server {
   std::vector<char> done_;
   int doneCount_ = 0;
   int roundPushes_ = 0;
+  std::vector<char> inRound_;     // BSP: pushed into the open round (a dead client's push stays
+                                  // in the sum but never stands in for a live client's)
+  bool roundComplete() const;
+  void clearRound();
   int64_t roundBaseMin_ = 0;
   std::vector<PendingPull> deferred_;
   std::vector<transport::SendId> inflight_;

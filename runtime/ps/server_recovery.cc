@@ -170,7 +170,7 @@ void Server::promote(int epoch, bool resync) {
   head_ = true;
   opt_.epoch = epoch;
   headRank_ = t_.rank();
-  roundPushes_ = 0;
+  clearRound();
   deferred_.clear();
   chainAcked_ = successor_ < 0 ? stats_.version : 0;  // else the tail acknowledges again
   if (resync)

@@ -255,6 +255,35 @@ TEST(Server, MalformedMessagesAreRejectedAndNeverApplied) {
   for (float v : srv.weights()) EXPECT_EQ(v, -1.0f);
 }
 
+TEST(Bsp, ARoundWaitsForTheSurvivorsWhenClientsThatPushedDie) {
+  // Three clients; clients 1 and 2 push round 0 and then die (a whole host of workers lost).
+  // The round must still wait for client 0, and take its push for round 0, not reject it.
+  Job job(1, 3, "bsp", 0, 4);
+  ps::Server& srv = *job.servers_[0];
+  std::vector<float> grad(4, 1.0f);
+  auto push = [&](int client) {
+    Header h;
+    h.type = MsgType::kPush;
+    h.shard = 0;
+    h.client = client;
+    h.clock = 0;
+    h.bytes = 4 * sizeof(float);
+    job.ts[job.layout.workerRank(client)]->send(0, h, grad.data());
+    srv.step();
+  };
+  push(1);
+  push(2);
+  EXPECT_EQ(srv.stats().version, 0);
+  srv.dropClient(1);
+  EXPECT_EQ(srv.stats().version, 0) << "the round closed on a dead client's push";
+  srv.dropClient(2);
+  EXPECT_EQ(srv.stats().version, 0) << "the round closed without the surviving client";
+  push(0);
+  EXPECT_EQ(srv.stats().rejected, 0);
+  EXPECT_EQ(srv.stats().version, 1);
+  for (float v : srv.weights()) EXPECT_EQ(v, -3.0f);  // the three gradients, summed once
+}
+
 TEST(DistributedTraining, BspLearnsAndAgreesAcrossServerCounts) {
   const auto fm = toyData(256);
   Config c = jobConfig();
