@@ -8,7 +8,8 @@
 // PHASE finds the marker and goes on. Phases: restore (a spare or replacement that has read a
 // snapshot, before serving it), view-send (a coordinator that has sent a new view to one rank
 // only), promote (a replica promoted to head, before it serves), tail-join (a new chain tail
-// receiving the head's whole state after a failure).
+// receiving the head's whole state after a failure), backlog (a stateless server taking over that
+// has taken one worker's buffered updates and not yet the others').
 namespace phx::testhooks {
 void killPoint(const char* phase);
 }  // namespace phx::testhooks

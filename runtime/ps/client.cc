@@ -52,7 +52,20 @@ void PsClient::retarget(const Directory& d) {
       // Down until the new server's hello: keep the last pulled copy, buffer from now on (the
       // outstanding push too: the dead server may not have applied it).
       const int64_t n = ranges_[s].size();
-      if (!down_[s]) {
+      if (!down_[s] && handed_[s].open) {
+        // The previous hand-over was never confirmed (its server died during its rejoin): the
+        // same backlog goes to the next server, with what is buffered from now on.
+        Handed& hd = handed_[s];
+        down_[s] = 1;
+        count_[s] = hd.count;
+        pendingLabel_[s] = hd.label;
+        copyVersion_[s] = hd.version;
+        backlog_[s] = std::move(hd.data);
+        hd = Handed{};
+        log::warn("client ", client_, ": shard ", s, "'s server died before it confirmed the ",
+                  count_[s] + (pendingLabel_[s] >= 0 ? 1 : 0),
+                  " buffered update(s) handed to it; they go to the next server");
+      } else if (!down_[s]) {
         down_[s] = 1;
         count_[s] = 0;
         pendingLabel_[s] = -1;
@@ -161,6 +174,7 @@ void PsClient::setStateless(float* params, int64_t limit, bool stalenessWeights)
   pendingLabel_.assign(ranges_.size(), -1);
   backlog_.assign(ranges_.size(), {});
   lastSent_.assign(ranges_.size(), 0);
+  handed_.assign(ranges_.size(), Handed{});
 }
 
 bool PsClient::anyDown() const {
@@ -220,14 +234,29 @@ bool PsClient::answerHello(const Header& h, int src, bool last) {
   const int64_t handed = count_[s] + (pendingLabel_[s] >= 0 ? 1 : 0);
   log::warn("client ", client_, ": shard ", s, " is back on rank ", src, "; sent ", handed,
             " buffered update(s)", last ? " (and done)" : "");
-  buffered_ += handed;
-  if (s == 0) acked0_ += handed;
+  if (last) {  // no pull follows: counted as delivered now
+    buffered_ += handed;
+    if (s == 0) acked0_ += handed;
+    backlog_[s].clear();
+  } else {
+    handed_[s] = Handed{true, std::move(backlog_[s]), count_[s], pendingLabel_[s], copyVersion_[s]};
+    backlog_[s] = {};
+  }
   down_[s] = 0;
   count_[s] = 0;
   pendingLabel_[s] = -1;
-  backlog_[s].clear();
   lastSent_[s] = last ? 1 : 0;
   return true;
+}
+
+// The new server answered a pull, so it has applied every client's backlog: this client's
+// hand-over counts as delivered.
+void PsClient::confirmHandOver(int s) {
+  if (handed_.empty() || !handed_[s].open) return;
+  const int64_t n = handed_[s].count + (handed_[s].label >= 0 ? 1 : 0);
+  buffered_ += n;
+  if (s == 0) acked0_ += n;
+  handed_[s] = Handed{};
 }
 
 void PsClient::awaitWeights(int64_t clock, float* params) {
@@ -287,6 +316,7 @@ void PsClient::takeReply(const Header& h, int src, int64_t clock, float* params)
     return;
   }
   bytesReceived_ += static_cast<double>(h.bytes);
+  confirmHandOver(s);
   versions_[s] = h.version;
   steps_[s] = static_cast<int64_t>(h.value);
   if (s == 0 && h.aux > 0) medianMicros_ = h.aux;

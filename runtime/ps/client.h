@@ -132,6 +132,16 @@ class PsClient {
   // (the dead server may have applied it: the replacement decides from its clocks)]
   std::vector<std::vector<float>> backlog_;
   std::vector<char> lastSent_;  // the backlog told the server this client is done
+  // A backlog handed over but not confirmed yet: the new server applies it only when every
+  // client has handed over, and serves pulls only after that. Until its first pull reply the
+  // backlog is kept here; if that server dies too, it becomes the next outage's backlog again.
+  struct Handed {
+    bool open = false;
+    std::vector<float> data;
+    int64_t count = 0, label = -1, version = 0;
+  };
+  std::vector<Handed> handed_;
+  void confirmHandOver(int shard);
   double bytesSent_ = 0, bytesReceived_ = 0;
   int32_t stepMicros_ = 0, medianMicros_ = 0;
   bool stop_ = false;

@@ -241,6 +241,7 @@ void Server::handleBacklog(const Header& h, int src) {
   applied_[c] += count;
   log::info("shard ", opt_.shard, ": client ", c, " rejoins with ", count,
             " buffered update(s), its copy at version ", h.version);
+  testhooks::killPoint("backlog");  // one client's backlog taken, the others' still to come
 }
 
 void Server::finishRejoinIfReady() {

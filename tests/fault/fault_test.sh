@@ -363,6 +363,11 @@ phase ph-tail tail-join 8 --servers 1 --replicas 1 --spares 2 --recovery chain -
     --sync bsp --kill-server 40 &&
   check ph-tail "f[0]['recovered_ms'] > 0 and f[1]['role'] == 'replica' and s['pushes_acknowledged'] == s['gradients_applied'] and s['acknowledged_pushes_lost'] == 0" &&
   { grep -q "spare rank 3 joins the tail" "$TMP/ph-tail.log" && ok || bad "ph-tail: the second spare did not join the tail"; }
+# the spare taking a stateless shard over dies in the middle of the workers' hand-over of their
+# buffered updates (one worker's backlog taken): the next spare takes every backlog, the first
+# outage's updates included, and none is lost or applied twice
+phase ph-backlog backlog 7 --servers 1 --spares 2 --recovery stateless --sync asp --kill-server 40 &&
+  check ph-backlog "f[-1]['replaced_by'] == 2 and f[-1]['recovered_ms'] > 0 and s['buffer_overflow'] == 0 and s['buffered_updates'] > 0 and s['buffered_updates'] == sum(x['buffered_updates_applied'] for x in f)"
 # a death while the survivors start a replacement (the promoted replica dies as the others
 # spawn a new tail): Open MPI 4.1 cannot abandon the spawn's collective, so every survivor
 # ends after --peer-timeout with the one-line error (docs/errors.md), no hang, no summary
