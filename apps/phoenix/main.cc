@@ -102,7 +102,12 @@ int runTrain(phx::Config& cfg) {
           return resp.respawn(v, n);
         };
       // A failed rank that is frozen, not dead, would hold mpirun (and the allocation) forever.
-      m.atEnd = [](const std::vector<int>& failed) { phx::transport::endFailedOnThisHost(failed); };
+      // On this host the survivors end it by PID; on another host under phoenix-launch its
+      // launcher does, once told that the job has ended.
+      m.atEnd = [](const std::vector<int>& failed) {
+        phx::transport::endFailedOnThisHost(failed);
+        phx::transport::tellLauncherTheJobEnded(failed);
+      };
       phx::train::runDistributed(cfg, t, nullptr, &dt, &m);
     }
   }, check);

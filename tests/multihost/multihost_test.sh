@@ -117,6 +117,27 @@ host_lost host-workers 'node1:1,node2:2,node3:2' node3 --spares 1 --recovery che
   check host-workers "len(f) == 2 and all(x['role'] == 'worker' for x in f)"
 fi
 
+# A worker frozen (SIGSTOP, never resumed) on a host of its own: the others declare it failed
+# and finish; no survivor shares its host to end it by PID, so phoenix-launch ends that host's
+# launch once the survivors say the job has ended (else its mpirun would wait for ever).
+if want sec3 || want frozen-elsewhere; then
+t0=$SECONDS
+launch frozen-elsewhere 'node1:1,node2:2,node3:1' --steps 300 --servers 1 --spares 1 --sync bsp &
+runner=$!
+if wait_step frozen-elsewhere 100; then
+  fp=$(for p in $("$BEDSH" pids "$BED" node3); do [ "$(cat /proc/$p/comm 2>/dev/null)" = phoenix ] && echo "$p"; done)
+  [ -n "$fp" ] && kill -STOP $fp
+fi
+wait $runner
+echo "  frozen-elsewhere: a worker frozen on node3, $((SECONDS - t0)) s"
+if finished frozen-elsewhere; then
+  check frozen-elsewhere "len(f) == 1 and f[0]['rank'] == 3 and f[0]['role'] == 'worker' and s['steps_completed'] == s['steps']"
+  grep -q "launch on node3 still runs, and every rank of it was declared failed" "$TMP/frozen-elsewhere.log" && ok ||
+    bad "frozen-elsewhere: the launcher did not end node3's launch: $(tail -5 "$TMP/frozen-elsewhere.log")"
+fi
+for p in ${fp:-}; do [ "$(cat /proc/$p/comm 2>/dev/null)" = phoenix ] && kill -KILL "$p"; done  # (if still there)
+fi
+
 # 4. The server's link cut: for 3 s (> the 0.5 s failure timeout) it is declared failed and
 #    replaced; when the link is back the old server finds itself fenced and leaves. For 0.3 s
 #    under a 3 s timeout nothing is declared and nothing lost.

@@ -3,6 +3,8 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <sstream>
@@ -76,6 +78,33 @@ int endFailedOnThisHost(const std::vector<int>& failed) {
     }
   }
   return n;
+}
+
+bool tellLauncherTheJobEnded(const std::vector<int>& failed) {
+  const char* dir = std::getenv("PHX_LAUNCH_DIR");
+  if (gPeers.empty() || !dir || !*dir) return false;
+  const PeerInfo me = selfInfo();
+  bool elsewhere = false;
+  std::string line = "failed";
+  for (int r : failed) {
+    if (r < 0 || r >= static_cast<int>(gPeers.size())) continue;
+    line.append(" ").append(std::to_string(r));
+    elsewhere = elsewhere || gPeers[static_cast<size_t>(r)].host != me.host;
+  }
+  if (!elsewhere) return false;
+  const std::string path = std::string(dir) + "/ended";
+  const std::string tmp = path + ".tmp." + std::to_string(me.pid);
+  {
+    std::ofstream f(tmp);
+    f << line << "\n";
+    if (!f) return false;
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    return false;
+  }
+  log::info("job end told to the launcher (", path, "): ", line);
+  return true;
 }
 
 }  // namespace phx::transport

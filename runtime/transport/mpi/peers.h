@@ -26,6 +26,11 @@ const std::vector<PeerInfo>& peers();
 // and start time); returns how many were killed, each named in a log line. Ranks elsewhere are
 // left to their host's launcher (docs/recovery.md).
 int endFailedOnThisHost(const std::vector<int>& failed);
+// Under phoenix-launch (PHX_LAUNCH_DIR set, one mpirun per host): when a rank of `failed` ran on
+// another host, writes PHX_LAUNCH_DIR/ended ("failed R R ..."), from which the launcher ends a
+// host's launch whose ranks were all declared failed (a frozen rank with no survivor beside it to
+// end it). Returns whether it wrote the file.
+bool tellLauncherTheJobEnded(const std::vector<int>& failed);
 
 // This process's PeerInfo (for tests).
 PeerInfo selfInfo();
