@@ -106,9 +106,12 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
   // Everyone still idling (leaders, servers that reported, spares, replicas) may go.
   releaseAll(t_, ft_, cfg_.peerTimeoutS);
 
-  const EvalResult e = evaluate(model_, fm_.test, cfg_.evalBatch);
+  const EvalResult e = evaluateNow(true);
   std::vector<float> finalWeights;
-  model_.getParams(finalWeights);
+  if (model_)
+    model_->getParams(finalWeights);
+  else
+    finalWeights.assign(paramBuf(), paramBuf() + n_);
   const uint32_t weightsCrc = recovery::crcOf(finalWeights);
   TrainResult res;
   res.finalTestLoss = e.loss;
@@ -141,7 +144,7 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
   }
   ranks += "]";
   s.finalTestAccuracy = e.accuracy;
-  s.steps = plan(cfg_, fm_.train, layout_.workers()).totalSteps;
+  s.steps = totalSteps_;
   s.samplesPerS = totalSamples / std::max(1e-9, trainSeconds);
   s.updatesApplied = updates;
   s.updatesLost = 0;
@@ -201,10 +204,10 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
   const int64_t ackedLost = workerDied || gradientsApplied < 0
                                ? -1
                                : std::max<int64_t>(0, static_cast<int64_t>(acked) - gradientsApplied);
-  s.extra = {{"model", jsonString(cfg_.model)},
+  s.extra = {{"model", jsonString(fm_ ? cfg_.model : ext_->name)},
              {"parameters", std::to_string(n_)},
-             {"device", jsonString(be_->describe())},
-             {"batch", std::to_string(cfg_.batch)},
+             {"device", jsonString(fm_ ? be_->describe() : std::string("the caller's"))},
+             {"batch", fm_ ? std::to_string(cfg_.batch) : std::string("null")},
              {"samples", detail::concat(static_cast<int64_t>(totalSamples))},
              {"train_seconds", jsonNumber(trainSeconds)},
              {"final_train_loss", jsonNumber(lastTrainLoss)},

@@ -14,6 +14,7 @@
 #include "runtime/core/config.h"
 #include "runtime/data/fashion_mnist.h"
 #include "runtime/ps/client.h"
+#include "runtime/ps/job_spec.h"
 #include "runtime/ps/layout.h"
 #include "runtime/sync/sync_policy.h"
 #include "runtime/transport/transport.h"
@@ -142,10 +143,14 @@ double cpuQuotaCores();
 // restores the newest snapshot), or as a chain replica (it waits for the state and serves only
 // once promoted).
 enum class Entry { kInitial, kSpare, kReplica };
+// `spec`: the parameter count, initial parameters and planned steps the chief sent
+// (runtime/ps/job_spec.h); the server side never builds the model or reads the data.
 void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout& layout,
-                const data::FashionMnist& fm, FtContext& ft, int shard, Entry entry,
-                int sinceEpoch);
+                const ps::JobSpec& spec, FtContext& ft, int shard, Entry entry, int sinceEpoch);
 void runSpare(const Config& cfg, transport::Transport& t, const ps::RoleLayout& layout,
-              const data::FashionMnist& fm, FtContext& ft);
+              const ps::JobSpec& spec, FtContext& ft);
+// The spec of this run as every worker computes it: the model's parameter count and initial
+// parameters (--model, --seed) and the planned steps (the data set, --epochs or --steps).
+ps::JobSpec workerSpec(const Config& cfg, const data::Dataset& train, int workers);
 
 }  // namespace phx::train

@@ -6,7 +6,7 @@
 
 #include <functional>
 
-namespace phx::apps {
+namespace phx::api {
 
 // `check` (optional) runs first on every rank, after MPI is up: if it throws a UserError on
 // any rank (a bad flag: the same on every rank), the lowest such rank prints the line and every
@@ -14,4 +14,4 @@ namespace phx::apps {
 int runUnderMpi(const std::function<void(int rank, int size)>& body,
                 const std::function<void()>& check = {});
 
-}  // namespace phx::apps
+}  // namespace phx::api
