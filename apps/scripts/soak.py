@@ -303,7 +303,15 @@ if args.replay:
     usr1_at = int(usr.split("@")[1]) if usr else None
     bad_runs = 0
     for k in range(args.repeat):
-        job, rc, s, done, left, _, stopped_at = run(f"replay{k}", mode, plan_, usr1_at)
+        job, rc, s, done, left, fl, stopped_at = run(f"replay{k}", mode, plan_, usr1_at)
+        # RSS and descriptors over the settled tail, as the soak judges them; the timeline of a
+        # rank that grew past the bound (to tell a leak from a late one-time step)
+        for pid, (r0, r1, f0, f1) in fl.items():
+            over = r1 - r0 > max(RSS_BOUND_KIB, RSS_BOUND_FRACTION * r0)
+            print(f"  pid {pid}: RSS {r0} -> {r1} KiB, fds {f0} -> {f1}{' OVER THE BOUND' if over else ''}")
+            if over:
+                t0_ = job.samples[pid][0][0]
+                print("   ", " ".join(f"{t - t0_:.1f}s:{r // 1024}M" for t, r, _ in job.samples[pid][::8]))
         good = bool(s) and (s.get("stopped_by_signal") is True if usr1_at is not None else s.get("steps_completed") == args.steps)
         bad_runs += 0 if good else 1
         if not s and os.path.exists(job.summary):
