@@ -1,6 +1,8 @@
 #include "runtime/ps/job_spec.h"
 
+#include <chrono>
 #include <cstring>
+#include <utility>
 #include <limits>
 
 #include "runtime/core/error.h"
@@ -38,18 +40,41 @@ JobSpec JobSpec::parse(const unsigned char* p, size_t n) {
   return s;
 }
 
-void sendSpec(transport::Transport& t, const RoleLayout& layout, const JobSpec& spec, double timeoutS) {
+void sendSpec(transport::Transport& t, const RoleLayout& layout, const JobSpec& spec, double timeoutS,
+              const std::function<bool(int)>& alive) {
   PHX_ENFORCE(spec.valid(), "sendSpec: an invalid job spec");
-  std::vector<transport::SendId> sends;
+  std::vector<std::pair<int, transport::SendId>> pending;
   for (int r = 0; r < layout.firstWorkerRank(); ++r) {
+    if (alive && !alive(r)) continue;
     Header h;
     h.type = MsgType::kSetup;
     h.offset = spec.params;
     h.clock = spec.totalSteps;
     h.bytes = spec.params * static_cast<int64_t>(sizeof(float));
-    sends.push_back(t.send(r, h, spec.init.data()));
+    pending.emplace_back(r, t.send(r, h, spec.init.data()));
   }
-  for (transport::SendId id : sends) t.waitSend(id, timeoutS);
+  // Polled rather than waitSend: a view change (a rank died at start) must not end the wait.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeoutS);
+  transport::Backoff b;
+  while (!pending.empty()) {
+    for (size_t i = 0; i < pending.size();) {
+      const int r = pending[i].first;
+      const bool dead = alive && !alive(r);
+      if (dead) t.markDead(r);  // cancels its send
+      if (dead || t.sendDone(pending[i].second)) {
+        pending.erase(pending.begin() + static_cast<std::ptrdiff_t>(i));
+      } else {
+        ++i;
+      }
+    }
+    if (pending.empty()) break;
+    if (std::chrono::steady_clock::now() > deadline)
+      throw transport::PeerFailure({pending[0].first}, 0,
+                                   detail::concat("rank ", t.rank(), " could not send the job's setup to rank ",
+                                                  pending[0].first, " within ", timeoutS,
+                                                  " s; that rank may have died or hung"));
+    b.pause();
+  }
 }
 
 JobSpec receiveSpec(transport::Transport& t, const RoleLayout& layout, double timeoutS) {

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "runtime/ps/layout.h"
@@ -26,8 +27,11 @@ struct JobSpec {
   static JobSpec parse(const unsigned char* p, size_t n);
 };
 
-// The chief sends `spec` to every rank before the first worker (servers, replicas, spares).
-void sendSpec(transport::Transport& t, const RoleLayout& layout, const JobSpec& spec, double timeoutS);
+// The chief sends `spec` to every rank before the first worker (servers, replicas, spares) and
+// waits until each send is done or, per `alive` (the failure detector's view; none: all live),
+// its rank has died: a spare killed at start must not hold the chief up (its send is cancelled).
+void sendSpec(transport::Transport& t, const RoleLayout& layout, const JobSpec& spec, double timeoutS,
+              const std::function<bool(int)>& alive = {});
 // A server-side rank receives it from the chief (worker 0); throws PeerFailure after timeoutS
 // and UserError on a malformed spec (naming the sender).
 JobSpec receiveSpec(transport::Transport& t, const RoleLayout& layout, double timeoutS);

@@ -453,10 +453,11 @@ ps::JobSpec receiveSetup(transport::Transport& t, const ps::RoleLayout& layout, 
     try {
       return ps::receiveSpec(t, layout, timeoutS);
     } catch (const transport::ViewChanged&) {
+      // (not accepted here: the role that follows acts on the view, e.g. a spare's takeover)
       if (ft.det && !ft.det->view().isAlive(layout.chiefRank()))
         PHX_USER_ERROR("the chief worker (rank ", layout.chiefRank(), ") died before it sent the job's "
                        "setup (parameter count, initial weights); the job cannot start: launch it again");
-      ft.accept();
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
   }
 }
@@ -510,6 +511,16 @@ DistJob::~DistJob() = default;
 
 bool DistJob::isWorker() const { return !replacement_ && role_ == ps::Role::kWorker; }
 
+// The chief sends the spec to the server side; a rank that dies meanwhile (a spare killed at
+// start) is skipped, not waited for.
+void DistJob::sendSetup() {
+  if (t_.rank() != layout_.chiefRank()) return;
+  recovery::FailureDetector* det = det_.get();
+  ps::sendSpec(t_, layout_, spec_, cfg_.peerTimeoutS,
+               det ? std::function<bool(int)>([det](int r) { return det->view().isAlive(r); })
+                   : std::function<bool(int)>());
+}
+
 void DistJob::knowSpec(const ps::JobSpec& spec) {
   spec_ = spec;
   if (membership_ && membership_->onSpec) membership_->onSpec(spec_.serialize());
@@ -550,7 +561,7 @@ void DistJob::serve() {
 
 TrainResult DistJob::trainBuiltin(const data::FashionMnist& data) {
   knowSpec(workerSpec(cfg_, data.train, layout_.workers()));
-  if (t_.rank() == layout_.chiefRank()) ps::sendSpec(t_, layout_, spec_, cfg_.peerTimeoutS);
+  sendSetup();
   WorkerLoop loop(cfg_, t_, layout_, data, *ft_);
   return loop.run();
 }
@@ -575,7 +586,7 @@ std::unique_ptr<WorkerLoop> DistJob::externalWorker(const ExternalModel& model) 
   spec.totalSteps = model.totalSteps;
   spec.init = model.init;
   knowSpec(spec);
-  if (t_.rank() == layout_.chiefRank()) ps::sendSpec(t_, layout_, spec_, cfg_.peerTimeoutS);
+  sendSetup();
   return std::make_unique<WorkerLoop>(cfg_, t_, layout_, model, *ft_);
 }
 

@@ -77,6 +77,7 @@ class DistJob {
 
  private:
   void knowSpec(const ps::JobSpec& spec);
+  void sendSetup();
   const Config& cfg_;
   transport::Transport& t_;
   const Membership* membership_;
