@@ -199,7 +199,15 @@ bool MpiRespawner::respawn(const View& v, const View& next) {
       boot.insert(boot.end(), logicalOf.begin(), logicalOf.end());
       PHX_MPI_CHECK(MPI_Send(boot.data(), static_cast<int>(boot.size()), MPI_INT, n + i, kTagBoot, baseC));
       PHX_MPI_CHECK(MPI_Send(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, n + i, kTagView, baseC));
-      PHX_MPI_CHECK(MPI_Send(spec.data(), static_cast<int>(spec.size()), MPI_BYTE, n + i, kTagSpec, baseC));
+      // The spec (megabytes: the initial weights) goes without blocking this thread, which is
+      // the failure detector's: a blocking send waits until the new process reaches its receive
+      // (after its merge), and a coordinator's heartbeats would stop meanwhile. Its buffer lives
+      // as long as this respawner.
+      specSends_.push_back(std::make_unique<std::vector<unsigned char>>(spec));
+      MPI_Request req = MPI_REQUEST_NULL;
+      PHX_MPI_CHECK(MPI_Isend(specSends_.back()->data(), static_cast<int>(spec.size()), MPI_BYTE, n + i,
+                              kTagSpec, baseC, &req));
+      MPI_Request_free(&req);
     }
   }
   // 4. the new routes (taken when a view names the rank alive again)

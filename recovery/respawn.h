@@ -29,6 +29,7 @@
 
 #include <mpi.h>
 
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -92,6 +93,7 @@ class MpiRespawner {
   std::string standbyJob_;  // non-empty: replacements come from standby launches
   std::mutex specMu_;
   std::vector<unsigned char> spec_;
+  std::vector<std::unique_ptr<std::vector<unsigned char>>> specSends_;  // in flight to new processes
   // the intercommunicator to k new processes (spawned, or a standby), MPI_COMM_NULL on failure
   MPI_Comm startProcesses(MPI_Comm surv, int k);
 };
