@@ -52,10 +52,9 @@ test: build
 SAN_ENV = UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 OMP_WAIT_POLICY=PASSIVE PHX_SANITIZED=1
 ASAN_FAULT_SECTIONS ?= 4
 # Left out of the sanitizer run by default to keep CI near 30 minutes (both pass under it:
-# `make test-asan ASAN_EXCLUDE='^api_jobs$$'` runs them too): the soak (about 5 minutes under
-# ASan) and the flag walk (CLI parsing, fuzzed separately by make fuzz). api_jobs builds a program
-# without the sanitizer against the installed library, which needs the ASan runtime first.
-ASAN_EXCLUDE ?= ^(soak_short|flag_walk|api_jobs)$$
+# `make test-asan ASAN_EXCLUDE=` runs them too): the soak (about 5 minutes under ASan) and the
+# flag walk (CLI parsing, fuzzed separately by make fuzz).
+ASAN_EXCLUDE ?= ^(soak_short|flag_walk)$$
 test-asan: deps
 	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPHX_SANITIZE=address,undefined \
 	  -DPHX_WITH_CUDA=OFF -DPHX_BUILD_BENCHMARKS=OFF

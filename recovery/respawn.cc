@@ -24,7 +24,6 @@ namespace {
 
 constexpr int kTagBoot = 7;   // root -> new process: rank, map (ints)
 constexpr int kTagView = 8;   // root -> new process: the view it joins at (bytes)
-constexpr int kTagSpec = 9;   // root -> new process: the job's spec (bytes; may be empty)
 
 constexpr const char* kRebuildAdvice =
     "another failure during the rebuild? this rank leaves; restart with --resume DIR";
@@ -189,25 +188,11 @@ bool MpiRespawner::respawn(const View& v, const View& next) {
   PHX_MPI_CHECK(MPI_Comm_rank(merged, &mine));
   if (mine == 0) {
     const std::vector<unsigned char> bytes = next.serialize();
-    std::vector<unsigned char> spec;
-    {
-      std::lock_guard<std::mutex> lock(specMu_);
-      spec = spec_;
-    }
     for (int i = 0; i < k; ++i) {
       std::vector<int> boot{v.respawn[i].rank, static_cast<int>(logicalOf.size())};
       boot.insert(boot.end(), logicalOf.begin(), logicalOf.end());
       PHX_MPI_CHECK(MPI_Send(boot.data(), static_cast<int>(boot.size()), MPI_INT, n + i, kTagBoot, baseC));
       PHX_MPI_CHECK(MPI_Send(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, n + i, kTagView, baseC));
-      // The spec (megabytes: the initial weights) goes without blocking this thread, which is
-      // the failure detector's: a blocking send waits until the new process reaches its receive
-      // (after its merge), and a coordinator's heartbeats would stop meanwhile. Its buffer lives
-      // as long as this respawner.
-      specSends_.push_back(std::make_unique<std::vector<unsigned char>>(spec));
-      MPI_Request req = MPI_REQUEST_NULL;
-      PHX_MPI_CHECK(MPI_Isend(specSends_.back()->data(), static_cast<int>(spec.size()), MPI_BYTE, n + i,
-                              kTagSpec, baseC, &req));
-      MPI_Request_free(&req);
     }
   }
   // 4. the new routes (taken when a view names the rank alive again)
@@ -335,10 +320,6 @@ MpiRespawner::Joined MpiRespawner::join(MPI_Comm parent, double timeoutS) {
   std::vector<unsigned char> bytes(count);
   PHX_MPI_CHECK(MPI_Recv(bytes.data(), count, MPI_BYTE, 0, kTagView, j.base, MPI_STATUS_IGNORE));
   j.view = View::parse(bytes.data(), bytes.size());
-  PHX_MPI_CHECK(MPI_Probe(0, kTagSpec, j.base, &st));
-  PHX_MPI_CHECK(MPI_Get_count(&st, MPI_BYTE, &count));
-  j.spec.resize(static_cast<size_t>(count));
-  PHX_MPI_CHECK(MPI_Recv(j.spec.data(), count, MPI_BYTE, 0, kTagSpec, j.base, MPI_STATUS_IGNORE));
   return j;
 }
 

@@ -29,8 +29,6 @@
 
 #include <mpi.h>
 
-#include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -50,12 +48,6 @@ class MpiRespawner {
   // Starts v.respawn's processes (collective over v's alive ranks). next: the view they join
   // at (sent by the root). True on every survivor, or false on every survivor.
   bool respawn(const View& v, const View& next);
-  // The job's spec (runtime/ps/job_spec.h, serialized) that the root sends a new process with
-  // its view; empty until this process knows it (a replacement then refuses to start).
-  void setSpec(std::vector<unsigned char> spec) {
-    std::lock_guard<std::mutex> lock(specMu_);
-    spec_ = std::move(spec);
-  }
 
   // In a process started by respawn(): the parent's merge, this process's communicators and
   // job rank, and the view it joins at.
@@ -64,7 +56,6 @@ class MpiRespawner {
     int rank = -1;
     std::vector<int> logicalOf;
     View view;
-    std::vector<unsigned char> spec;  // the job's spec (serialized; empty: not known yet)
   };
   static Joined join(MPI_Comm parent, double timeoutS);
 
@@ -91,9 +82,6 @@ class MpiRespawner {
   std::vector<std::string> argv_;
   double timeoutS_;
   std::string standbyJob_;  // non-empty: replacements come from standby launches
-  std::mutex specMu_;
-  std::vector<unsigned char> spec_;
-  std::vector<std::unique_ptr<std::vector<unsigned char>>> specSends_;  // in flight to new processes
   // the intercommunicator to k new processes (spawned, or a standby), MPI_COMM_NULL on failure
   MPI_Comm startProcesses(MPI_Comm surv, int k);
 };

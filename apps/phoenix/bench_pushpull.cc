@@ -10,7 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "runtime/api/mpi_main.h"
+#include "apps/phoenix/mpi_main.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "runtime/core/error.h"
 #include "runtime/core/log.h"
@@ -98,7 +98,7 @@ int runPushPullBench(const PushPullBenchOptions& opt) {
   // coll_tuned_use_dynamic_rules can only be set before MPI_Init (MPI_T may not write it); with
   // no algorithm forced, Open MPI's decisions stay its defaults. A user's own setting wins.
   setenv("OMPI_MCA_coll_tuned_use_dynamic_rules", "1", 0);
-  return api::runUnderMpi([&opt](int rank, int size) {
+  return runUnderMpi([&opt](int rank, int size) {
     int provided = 0;
     MPI_T_init_thread(MPI_THREAD_FUNNELED, &provided);
     const ps::RoleLayout layout(size, opt.servers, 0, 0, 1);

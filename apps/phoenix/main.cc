@@ -12,9 +12,7 @@
 #include "apps/phoenix/bench_kernels.h"
 #include "apps/phoenix/bench_recovery.h"
 #include "apps/phoenix/bench_pushpull.h"
-#include "runtime/api/job.h"
-#include "runtime/api/mpi_main.h"
-#include "runtime/api/train_flags.h"
+#include "apps/phoenix/mpi_main.h"
 #include "phx_config.h"
 #include "recovery/checkpoint.h"
 #include "recovery/respawn.h"
@@ -31,17 +29,88 @@
 
 namespace {
 
+// True when this process was started by mpirun/srun (then MPI is initialised, even for 1 rank).
+bool launchedByMpi() {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK"})
+    if (std::getenv(v)) return true;
+  return false;
+}
+
 // `phoenix train`: one process, or this rank's role in an MPI job. Returns the exit code.
 int runTrain(phx::Config& cfg) {
-  phx::api::prepareTrainConfig(cfg);
-  if (!phx::api::launchedByMpi()) {
+  if (!cfg.resumeDir.empty() && cfg.checkpointDir == phx::Config{}.checkpointDir)
+    cfg.checkpointDir = cfg.resumeDir;  // a resumed run goes on writing where it left off
+  if (!launchedByMpi()) {
     phx::train::runLocal(cfg);
     return 0;
   }
-  return phx::api::runTrainJob(cfg, [&cfg](phx::train::DistJob& job) {
-    const phx::data::FashionMnist data = phx::data::loadFashionMnist(cfg.dataDir);
-    job.trainBuiltin(data);
-  }, [&cfg] { phx::train::runLocal(cfg); });
+  cfg.launchSurvives = phx::transport::launchSurvives();
+  cfg.survivorFlag = phx::transport::recoveryLaunchFlag();
+  cfg.launchCanSpawn = phx::recovery::MpiRespawner::launchCanSpawn();
+  const phx::transport::LaunchSet ls = phx::transport::launchSet();
+  cfg.launches = ls.multi() ? std::max(2, ls.count) : 1;
+  auto check = [&cfg] {
+    cfg.validate();
+    cfg.checkFlagsTakeEffect(false);
+    std::error_code ec;
+    if (!cfg.resumeDir.empty() && !std::filesystem::is_directory(cfg.resumeDir, ec))
+      PHX_USER_ERROR("--resume ", cfg.resumeDir, ": no such directory; give the --checkpoint-dir of the job "
+                     "to continue, or train from scratch without --resume");
+    if (cfg.recovery != "none" && cfg.recovery != "auto" && !cfg.launchSurvives)
+      PHX_USER_ERROR("--recovery ", cfg.recovery, " needs the other ranks to survive a death, but this "
+                     "launch kills the whole job when one rank dies; launch with `mpirun ",
+                     cfg.survivorFlag, " ...` (", phx::transport::mpiName(), "), or pass --recovery none");
+  };
+  return phx::apps::runUnderMpi([&cfg, &ls](int, int size) {
+    MPI_Comm parent = MPI_COMM_NULL;
+    MPI_Comm_get_parent(&parent);
+    // a standby launch of a job over several hosts waits here until the job needs it
+    if (ls.standby) parent = phx::recovery::MpiRespawner::awaitAsStandby(ls.job);
+    if (parent != MPI_COMM_NULL) {
+      // A replacement started by the survivors (recovery/respawn.h): it takes a dead rank's
+      // number and joins the job at the view they send.
+      auto j = phx::recovery::MpiRespawner::join(parent, cfg.peerTimeoutS);
+      phx::transport::MpiTransport t(j.train, j.rank, j.logicalOf);
+      phx::transport::MpiTransport dt(j.det, j.rank, j.logicalOf);
+      phx::recovery::MpiRespawner resp(j.base, j.logicalOf, dt, t, {}, cfg.peerTimeoutS);
+      if (ls.multi()) resp.useStandbys(ls.job);
+      phx::train::Membership m;
+      m.respawn = [&resp](const phx::recovery::View& v, const phx::recovery::View& n) {
+        return resp.respawn(v, n);
+      };
+      m.joinView = &j.view;
+      phx::train::runDistributed(cfg, t, nullptr, &dt, &m);
+    } else if (size == 1) {
+      phx::train::runLocal(cfg);
+    } else {
+      // The failure detector gets a communicator of its own, and rebuilds one more (all
+      // duplicated while everyone is alive; only point-to-point traffic goes over the first two).
+      MPI_Comm detComm, baseComm;
+      const MPI_Comm job = phx::transport::jobComm();  // MPI_COMM_WORLD, or the launches joined
+      PHX_MPI_CHECK(MPI_Comm_dup(job, &detComm));
+      PHX_MPI_CHECK(MPI_Comm_dup(job, &baseComm));
+      phx::transport::recordPeers(job);  // PIDs and hosts, while every rank is alive
+      phx::transport::MpiTransport t(job);
+      phx::transport::MpiTransport dt(detComm);
+      std::vector<int> identity(size);
+      for (int i = 0; i < size; ++i) identity[i] = i;
+      phx::recovery::MpiRespawner resp(baseComm, identity, dt, t, {}, cfg.peerTimeoutS);
+      if (ls.multi()) resp.useStandbys(ls.job);
+      phx::train::Membership m;
+      if (cfg.spawnReplacements())
+        m.respawn = [&resp](const phx::recovery::View& v, const phx::recovery::View& n) {
+          return resp.respawn(v, n);
+        };
+      // A failed rank that is frozen, not dead, would hold mpirun (and the allocation) forever.
+      // On this host the survivors end it by PID; on another host under phoenix-launch its
+      // launcher does, once told that the job has ended.
+      m.atEnd = [](const std::vector<int>& failed) {
+        phx::transport::endFailedOnThisHost(failed);
+        phx::transport::tellLauncherTheJobEnded(failed);
+      };
+      phx::train::runDistributed(cfg, t, nullptr, &dt, &m);
+    }
+  }, check);
 }
 
 int runInspect(const std::vector<std::string>& files) {
@@ -57,6 +126,155 @@ int runInspect(const std::vector<std::string>& files) {
   return bad ? 2 : 0;
 }
 
+void addTrainFlags(CLI::App& app, phx::Config& c) {
+  app.add_option("--model", c.model, "Model: cnn (the papers' CNN), mlp (784-512-256-10), synthetic:N")
+      ->capture_default_str();
+  app.add_option("--data-dir", c.dataDir, "Directory with the Fashion-MNIST IDX files (.gz or plain)")
+      ->capture_default_str();
+  app.add_option("--batch", c.batch, "Mini-batch size per worker")
+      ->check(CLI::Range(1, 65536))->capture_default_str();
+  app.add_option("--epochs", c.epochs, "Epochs to train (not together with --steps)")
+      ->check(CLI::Range(1, 100000))->capture_default_str();
+  app.add_option("--steps", c.steps, "Steps to train per worker (0 = use --epochs)")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--seed", c.seed, "Seed for initialisation, shuffling and dropout")
+      ->capture_default_str();
+  app.add_option("--lr", c.lr, "Learning rate")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--momentum", c.momentum,
+                 "SGD momentum (0 = plain SGD, as in the papers; default 0.9, or 0.8 with --sync asp/ssp)")
+      ->check(CLI::Range(0.0, 0.999999));
+  app.add_option("--weight-decay", c.weightDecay, "L2 weight decay")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_flag("--nesterov", c.nesterov, "Nesterov momentum");
+  app.add_option("--lr-schedule", c.lrSchedule, "constant, or cosine (from --lr down to 0 over the run)")
+      ->check(CLI::IsMember({"constant", "cosine"}))->capture_default_str();
+  app.add_option("--device", c.device, "cpu, cuda, or auto (CUDA when a GPU is usable)")
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}))->capture_default_str();
+  app.add_option("--threads", c.threads, "CPU threads per rank (0 = OMP_NUM_THREADS or all cores)")
+      ->check(CLI::Range(0, 1024))->capture_default_str();
+  app.add_option("--servers", c.servers, "Parameter-server shards (ranks 0..S-1) in an mpirun job")
+      ->check(CLI::Range(1, 4096))->capture_default_str();
+  app.add_option("--replicas", c.replicas, "Backup servers per shard (chain replication)")
+      ->check(CLI::Range(0, 64))->capture_default_str();
+  app.add_option("--spares", c.spares, "Idle ranks that can take over a dead server's role")
+      ->check(CLI::Range(0, 4096))->capture_default_str();
+  app.add_option("--spawn", c.spawn,
+                 "Start a replacement process (MPI_Comm_spawn) for a dead server when no spare or "
+                 "replica is left: auto (when launched by mpirun with survivors), on, off")
+      ->check(CLI::IsMember({"auto", "on", "off"}))->capture_default_str();
+  app.add_option("--group-size", c.groupSize,
+                 "Workers per group: a group reduces its gradients first, its leader talks to the servers")
+      ->check(CLI::Range(1, 4096))->capture_default_str();
+  app.add_option("--sync", c.sync,
+                 "Consistency: bsp, asp, ssp (with --staleness), syncopt (with --backup-workers), "
+                 "consgd, dynsgd, flexrr (SSP + transfer of a straggler's shards), epsp (with --epsp-mode)")
+      ->check(CLI::IsMember({"bsp", "asp", "ssp", "syncopt", "consgd", "dynsgd", "flexrr", "epsp"}))
+      ->capture_default_str();
+  app.add_option("--epsp-mode", c.epspMode,
+                 "epsp: enforced (a barrier per clock) or slack (no worker more than --staleness clocks ahead)")
+      ->check(CLI::IsMember({"enforced", "slack"}))->capture_default_str();
+  app.add_option("--shards", c.shards,
+                 "epsp/flexrr: shards (micro-batches) per iteration; the unit of parallelism and of transfer")
+      ->capture_default_str();
+  app.add_option("--max-parallelism", c.maxParallelism,
+                 "epsp: most shards one worker runs at once (p_max; threads on CPU, streams on GPU)")
+      ->capture_default_str();
+  app.add_option("--transfer", c.transfer,
+                 "epsp/flexrr: move not-yet-started shards from stragglers to pioneers (on/off, for ablation)")
+      ->transform(CLI::Transformer(std::map<std::string, bool>{{"on", true}, {"off", false}}))
+      ->default_str("on");
+  app.add_option("--audit-samples", c.auditSamples,
+                 "Debugging: each worker appends the sample ids it trained on to PREFIX.w<worker>")
+      ->group("");
+  app.add_option("--backup-workers", c.backupWorkers,
+                 "syncopt: a round takes the first (groups - b) pushes and drops the rest")
+      ->check(CLI::Range(0, 4096))->capture_default_str();
+  app.add_option("--scale-updates", c.scaleUpdates,
+                 "asp/ssp: scale each update by 1/M (constant, ConSGD) or 1/(staleness+1) (staleness, DynSGD)")
+      ->check(CLI::IsMember({"none", "constant", "staleness"}))->capture_default_str();
+  app.add_option("--staleness", c.staleness, "SSP bound: how many clocks a worker may run ahead of the slowest")
+      ->check(CLI::Range(0, 1000000))->capture_default_str();
+  app.add_option("--group-reduce", c.groupReduce,
+                 "How a worker group reduces: auto (NCCL for CUDA workers on distinct GPUs when built "
+                 "with NCCL, else MPI), mpi, nccl")
+      ->check(CLI::IsMember({"auto", "mpi", "nccl"}))->capture_default_str();
+  app.add_option("--aggregate", c.aggregate,
+                 "How a BSP round (and a worker group) combines gradients: sum (the papers) or mean")
+      ->check(CLI::IsMember({"sum", "mean"}))->capture_default_str();
+  app.add_option("--peer-timeout", c.peerTimeoutS,
+                 "Seconds a rank waits on one peer before declaring it unresponsive")
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--recovery", c.recovery,
+                 "What a server death does: auto (when launched with mpirun --enable-recovery (Open MPI 4) "
+                 "or --with-ft ulfm (Open MPI 5): "
+                 "chain with --replicas, else checkpoint; otherwise none), none (the job ends), "
+                 "checkpoint, chain, stateless, hybrid (chain + stateless workers)")
+      ->check(CLI::IsMember({"auto", "none", "checkpoint", "chain", "stateless", "hybrid"}))
+      ->capture_default_str();
+  app.add_option("--chain-mode", c.chainMode,
+                 "chain/hybrid: sync (a push is acknowledged once the tail applied it) or async "
+                 "(the state goes down the chain every --replicate-every steps)")
+      ->check(CLI::IsMember({"sync", "async"}))->capture_default_str();
+  app.add_option("--replicate-every", c.replicateEvery, "chain async: worker steps between state forwards")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40))->capture_default_str();
+  app.add_option("--stateless-buffer", c.statelessBuffer,
+                 "stateless/hybrid: updates a worker buffers per shard while it is down (more are "
+                 "dropped and reported)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 40))->capture_default_str();
+  app.add_option("--backlog-rule", c.backlogRule,
+                 "stateless/hybrid: how the buffered updates are applied: sum (one step; lr/10 past 50, "
+                 "the paper's rule), mean, staleness (the i-th buffered update weighted 1/(1+i))")
+      ->check(CLI::IsMember({"sum", "mean", "staleness"}))->capture_default_str();
+  app.add_option("--checkpoint-dir", c.checkpointDir, "Directory of the HDF5 snapshots")
+      ->capture_default_str();
+  app.add_option("--checkpoint-every", c.checkpointEvery,
+                 "Snapshot every N worker steps, or every Ts seconds (0 = never)")
+      ->capture_default_str();
+  app.add_option("--checkpoint-mode", c.checkpointMode,
+                 "sync (the server writes, training waits) or async (copy, write in the background)")
+      ->check(CLI::IsMember({"sync", "async"}))->capture_default_str();
+  app.add_option("--checkpoint-keep", c.checkpointKeep, "Snapshots kept per shard")
+      ->check(CLI::Range(1, 1000000))->capture_default_str();
+  app.add_option("--resume", c.resumeDir,
+                 "Start from the newest valid snapshots in DIR (same --model and --servers)");
+  app.add_option("--heartbeat-ms", c.heartbeatMs, "Heartbeat period of the failure detector")
+      ->check(CLI::Range(1, 600000))->capture_default_str();
+  app.add_option("--failure-timeout-ms", c.failureTimeoutMs,
+                 "Silence after which a rank is declared failed (dead or frozen)")
+      ->check(CLI::Range(2, 3600000))->capture_default_str();
+  app.add_option("--kill-server", c.killServer,
+                 "Injection: shard 0's server SIGKILLs itself at step N or time Ts (list: one per kill)");
+  app.add_option("--kill-worker", c.killWorker,
+                 "Injection: the last worker SIGKILLs itself at step N or time Ts");
+  app.add_option("--downtime", c.downtimeS,
+                 "Seconds a replacement waits before taking over (to reproduce an outage)")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--straggle", c.straggle,
+                 "Injection: RANK:FACTOR[,...] makes that worker rank FACTOR times slower per sample "
+                 "(its step takes FACTOR x its real compute time)");
+  app.add_option("--straggle-random", c.straggleRandom,
+                 "Injection: P:FACTOR makes every worker a FACTOR-times straggler with probability P "
+                 "in each iteration (transient stragglers; seeded by --seed)");
+  app.add_option("--straggler-theta", c.stragglerTheta,
+                 "Straggler projection: a worker whose step time (moving average) exceeds (1 + theta) "
+                 "x the median of the workers is a straggler")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--metrics", c.metricsPath, "Write one CSV row per evaluation to this file");
+  app.add_option("--summary", c.summaryPath, "Write a JSON summary of the run to this file");
+  app.add_option("--eval-every", c.evalEvery,
+                 "Evaluate on the test set every N steps or every Ts seconds (0 = every epoch)")
+      ->capture_default_str();
+  app.add_option("--eval-batch", c.evalBatch, "Samples per forward pass during evaluation")
+      ->check(CLI::Range(1, 10000))->capture_default_str();
+  app.add_option("--eval-samples", c.evalSamples,
+                 "Evaluations during training use the first N test samples (0: all); the final "
+                 "accuracy is always on the whole test set")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--progress-every", c.progressSeconds, "Seconds between progress lines")
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--log-level", c.logLevel, "debug, info, warn or error")
+      ->check(CLI::IsMember({"debug", "info", "warn", "error"}))->capture_default_str();
+}
 
 }  // namespace
 
@@ -68,7 +286,7 @@ int main(int argc, char** argv) {
 
   phx::Config cfg;
   CLI::App* train = app.add_subcommand("train", "Train a model (one process, or a job under mpirun)");
-  phx::api::addTrainFlags(*train, cfg);
+  addTrainFlags(*train, cfg);
 
   CLI::App* bench = app.add_subcommand("bench", "Benchmarks");
   bench->require_subcommand(1);

@@ -9,7 +9,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 B=${1:-$ROOT/build-fuzz}
 SECS=${FUZZ_SECONDS:-60}
-HARNESSES=${FUZZ_ONLY:-view idx snapshot config server spec}
+HARNESSES=${FUZZ_ONLY:-view idx snapshot config server}
 command -v clang++ > /dev/null || { echo "fuzz: clang++ is not installed (apps/scripts/install_deps.sh installs it)" >&2; exit 2; }
 cmake -S "$ROOT" -B "$B" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang \
   -DCMAKE_CXX_COMPILER=clang++ -DPHX_FUZZ=ON -DPHX_WITH_CUDA=OFF -DPHX_BUILD_TESTS=OFF \

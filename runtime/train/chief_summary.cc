@@ -106,12 +106,9 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
   // Everyone still idling (leaders, servers that reported, spares, replicas) may go.
   releaseAll(t_, ft_, cfg_.peerTimeoutS);
 
-  const EvalResult e = evaluateNow(true);
+  const EvalResult e = evaluate(model_, fm_.test, cfg_.evalBatch);
   std::vector<float> finalWeights;
-  if (model_)
-    model_->getParams(finalWeights);
-  else
-    finalWeights.assign(paramBuf(), paramBuf() + n_);
+  model_.getParams(finalWeights);
   const uint32_t weightsCrc = recovery::crcOf(finalWeights);
   TrainResult res;
   res.finalTestLoss = e.loss;
@@ -144,7 +141,7 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
   }
   ranks += "]";
   s.finalTestAccuracy = e.accuracy;
-  s.steps = totalSteps_;
+  s.steps = plan(cfg_, fm_.train, layout_.workers()).totalSteps;
   s.samplesPerS = totalSamples / std::max(1e-9, trainSeconds);
   s.updatesApplied = updates;
   s.updatesLost = 0;
@@ -204,10 +201,10 @@ TrainResult WorkerLoop::finishChief(double trainSeconds, int64_t samples, double
   const int64_t ackedLost = workerDied || gradientsApplied < 0
                                ? -1
                                : std::max<int64_t>(0, static_cast<int64_t>(acked) - gradientsApplied);
-  s.extra = {{"model", jsonString(fm_ ? cfg_.model : ext_->name)},
+  s.extra = {{"model", jsonString(cfg_.model)},
              {"parameters", std::to_string(n_)},
-             {"device", jsonString(fm_ ? be_->describe() : std::string("the caller's"))},
-             {"batch", fm_ ? std::to_string(cfg_.batch) : std::string("null")},
+             {"device", jsonString(be_->describe())},
+             {"batch", std::to_string(cfg_.batch)},
              {"samples", detail::concat(static_cast<int64_t>(totalSamples))},
              {"train_seconds", jsonNumber(trainSeconds)},
              {"final_train_loss", jsonNumber(lastTrainLoss)},

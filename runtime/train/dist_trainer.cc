@@ -250,32 +250,23 @@ RankStats WorkerLoop::workerStats(int64_t samples, double trainSeconds) {
   return rs;
 }
 
-void WorkerLoop::init() {
-  if (isLeader() && layout_.groupEnd(group_) - leader_ > 1) recv_.resize(n_);
-  projection_ = phx::sync::StragglerProjection(cfg_.stragglerTheta);
-  straggle_ = cfg_.straggleSpec();
-  if (ft_.det) client_.setRefresh([this] { return onViewChange(); });
-  if (ft_.det && isLeader() && (ft_.mode == "stateless" || ft_.mode == "hybrid"))
-    client_.setStateless(paramBuf(), cfg_.statelessBuffer, cfg_.backlogRule == "staleness");
-}
-
-void WorkerLoop::begin() {
-  if (fm_) {
-    const Plan p = plan(cfg_, fm_->train, layout_.workers());
-    totalSteps_ = p.totalSteps;
-    stepsPerEpoch_ = p.stepsPerEpoch;
-  } else {
-    totalSteps_ = ext_->totalSteps;
-    stepsPerEpoch_ = ext_->stepsPerEpoch > 0 ? ext_->stepsPerEpoch : ext_->totalSteps;
-  }
+TrainResult WorkerLoop::run() {
+  const data::Dataset& train = fm_.train;
+  const data::EpochSharder sharder(train.count, layout_.workers(), cfg_.seed);
+  const Plan p = plan(cfg_, train, layout_.workers());
+  totalSteps_ = p.totalSteps;
+  const size_t shardSize = sharder.shardSize(w_);
   wasChief_ = isChief();
   if (wasChief_)
-    log::info("training ", fm_ ? cfg_.model : ext_->name, " (", n_, " parameters) on ", layout_.workers(),
-              " worker(s) x ", fm_ ? be_->describe() : std::string("the caller's device"), ": ",
-              totalSteps_, " steps", fm_ ? detail::concat(" of batch ", cfg_.batch) : std::string(),
+    log::info("training ", cfg_.model, " (", n_, " parameters) on ", layout_.workers(),
+              " worker(s) x ", be_->describe(), ": ", p.totalSteps, " steps of batch ", cfg_.batch,
               " per worker, sync ", cfg_.sync, cfg_.sync == "ssp" ? detail::concat(" s=", cfg_.staleness) : "",
               ", ", layout_.servers(), " server shard(s)");
   if (wasChief_) metrics_ = std::make_unique<MetricsCsv>(cfg_.metricsPath);
+  std::vector<float> x(static_cast<size_t>(cfg_.batch) * train.sampleSize());
+  std::vector<int32_t> y(cfg_.batch);
+  std::vector<uint32_t> order;
+  int currentEpoch = -1;
   startUnix_ = ft_.startUnix > 0 ? ft_.startUnix : recovery::unixNow();
   if (!cfg_.metricsPath.empty()) {
     const std::string path = detail::concat(cfg_.metricsPath, ".worker", w_, ".csv");
@@ -285,94 +276,30 @@ void WorkerLoop::begin() {
                            "shards_stolen,shards_given,compute_ms,steal_ms,exchange_ms,cpu_ms\n");
   }
   if (cfg_.shardedSync()) {
-    if (!fm_)
-      PHX_USER_ERROR("--sync ", cfg_.sync, " moves parts of an iteration between workers, which only "
-                     "Phoenix's own models can do; use bsp, ssp, asp or sync-opt with your own model");
     if (layout_.groupSize() > 1)
       PHX_USER_ERROR("--sync ", cfg_.sync, " shards each worker's iteration itself; use --group-size 1 (now ",
                      layout_.groupSize(), ")");
     enforced_ = cfg_.sync == "epsp" && cfg_.epspMode == "enforced";
-    epsp_ = std::make_unique<ShardEngine>(cfg_, fm_->train, layout_, t_, w_, stepsPerEpoch_, enforced_,
+    epsp_ = std::make_unique<ShardEngine>(cfg_, train, layout_, t_, w_, p.stepsPerEpoch, enforced_,
                                           cfg_.sync == "epsp");
     t_.setService([this] { epsp_->service(); });
     epsp_->setPushBuffer(gradBuf());
   }
   initialWeights();
   if (epsp_) epsp_->publish(paramBuf());
-  progress_ = std::make_unique<Progress>(cfg_, totalSteps_, stepsPerEpoch_, layout_.workers());
-  if (startStep_ > 0 && isChief())
-    log::info("resuming from ", cfg_.resumeDir, " at step ", startStep_, " of ", totalSteps_);
-  workerKills_ = cfg_.killWorkerAt();
-  killable_ = w_ == layout_.workers() - 1 && w_ != 0 && !workerKills_.empty();
-}
-
-void WorkerLoop::beforeStep(int64_t step) {
-  if (ft_.changed()) client_.refreshNow();
-  if (killable_ && due(workerKills_[0], step, ft_.startUnix))
-    killSelf(ft_, detail::concat("--kill-worker ", cfg_.killWorker, " (worker ", w_, " at step ", step, ")"));
-}
-
-EvalResult WorkerLoop::evaluateNow(bool final) {
-  if (!fm_) return ext_->evaluate ? ext_->evaluate(paramBuf()) : EvalResult{NAN, NAN};
-  if (final) return evaluate(*model_, fm_->test, cfg_.evalBatch);
-  // EPSP: steal requests are answered between chunks of 100 (the peers wait for them).
-  return epsp_ ? evaluate(*model_, fm_->test, std::min(cfg_.evalBatch, 100), cfg_.evalSamples,
-                          [this] { epsp_->service(); })
-               : evaluate(*model_, fm_->test, cfg_.evalBatch, cfg_.evalSamples);
-}
-
-bool WorkerLoop::afterStep(int64_t step, int n, double loss) {
-  samples_ += n;
-  if (stopRequested_) {
-    // A stop signal: every worker ends after this step (the servers chose it); the servers write
-    // the snapshot that --resume continues from.
-    stepsDone_ = step + 1;
-    if (isChief())
-      log::warn("stopped on a stop signal after step ", stepsDone_, " of ", totalSteps_, "; continue with --resume ",
-                cfg_.checkpointDir);
-    return false;
-  }
-  if (!isChief()) return true;
-  if (!metrics_) metrics_ = std::make_unique<MetricsCsv>(cfg_.metricsPath, true);  // took over
-  if (ft_.det) pollEvents();
-  const int64_t done = step + 1;
-  progress_->step(done, n, loss);
-  if (progress_->evalDue(done)) {
-    // EPSP: the next iteration's shards start now, on this worker's lanes and (transfer) on
-    // the others, instead of waiting for the evaluation.
-    if (epsp_ && done < totalSteps_) beginShardedStep(done, true);
-    lastTrainLoss_ = progress_->takeEvalLoss();
-    const EvalResult e = evaluateNow(false);
-    progress_->markEval(e.accuracy);
-    const bool epochEnd = done % stepsPerEpoch_ == 0;
-    metrics_->write(MetricsRow{progress_->elapsed(), done, static_cast<double>(done) / stepsPerEpoch_,
-                               lastTrainLoss_, e.accuracy, client_.minVersion(), eventText(epochEnd ? "epoch" : "")});
-    log::info("eval  step ", done, " epoch ", static_cast<double>(done) / stepsPerEpoch_,
-              "  test accuracy ", e.accuracy * 100.0, " %  test loss ", e.loss,
-              "  (server version ", client_.minVersion(), ")");
-  }
-  return true;
-}
-
-bool WorkerLoop::step(int64_t step, int n, double loss) {
-  beforeStep(step);
-  exchange(step, loss);
-  return afterStep(step, n, loss);
-}
-
-TrainResult WorkerLoop::run() {
-  const data::Dataset& train = fm_->train;
-  const data::EpochSharder sharder(train.count, layout_.workers(), cfg_.seed);
-  const size_t shardSize = sharder.shardSize(w_);
-  begin();
-  std::vector<float> x(static_cast<size_t>(cfg_.batch) * train.sampleSize());
-  std::vector<int32_t> y(cfg_.batch);
-  std::vector<uint32_t> order;
-  int currentEpoch = -1;
+  Progress progress(cfg_, p.totalSteps, p.stepsPerEpoch, layout_.workers());
+  int64_t samples = 0;
+  double lastTrainLoss = NAN;
   const uint64_t dropoutSeed = cfg_.seed + 1000003ull * static_cast<uint64_t>(w_);
-  for (int64_t step = startStep_; step < totalSteps_; ++step) {
-    beforeStep(step);
-    const int epoch = static_cast<int>(step / stepsPerEpoch_);
+  if (startStep_ > 0 && isChief())
+    log::info("resuming from ", cfg_.resumeDir, " at step ", startStep_, " of ", p.totalSteps);
+  const std::vector<Schedule> workerKills = cfg_.killWorkerAt();
+  const bool killable = w_ == layout_.workers() - 1 && w_ != 0 && !workerKills.empty();
+  for (int64_t step = startStep_; step < p.totalSteps; ++step) {
+    if (ft_.changed()) client_.refreshNow();
+    if (killable && due(workerKills[0], step, ft_.startUnix))
+      killSelf(ft_, detail::concat("--kill-worker ", cfg_.killWorker, " (worker ", w_, " at step ", step, ")"));
+    const int epoch = static_cast<int>(step / p.stepsPerEpoch);
     if (epoch != currentEpoch) {
       order = sharder.shard(epoch, w_);
       currentEpoch = epoch;
@@ -384,12 +311,12 @@ TrainResult WorkerLoop::run() {
     if (epsp_) {
       shardedStep(step, &n, &loss, &stealS);
     } else {
-      const BatchRange b = batchRange(step, stepsPerEpoch_, cfg_.batch, static_cast<int64_t>(shardSize));
+      const BatchRange b = batchRange(step, p.stepsPerEpoch, cfg_.batch, static_cast<int64_t>(shardSize));
       const int64_t first = b.first;
       n = static_cast<int>(b.n);
       const auto c0 = std::chrono::steady_clock::now();
       data::gatherBatch(train, order.data() + first, n, x.data(), y.data());
-      const kernels::LossResult r = model_->forwardBackward(x.data(), y.data(), n, dropoutSeed, step);
+      const kernels::LossResult r = model_.forwardBackward(x.data(), y.data(), n, dropoutSeed, step);
       // Injected straggling: this step takes FACTOR times its real compute time.
       const double factor = straggle_.factorFor(cfg_.seed, t_.rank(), step);
       if (factor > 1.0) {
@@ -408,14 +335,42 @@ TrainResult WorkerLoop::run() {
       finishRow(wall - stealS, stealS, std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count(),
                 cpuSeconds() - cpu0);
     }
-    if (!afterStep(step, n, loss)) break;
+    samples += n;
+    if (stopRequested_) {
+      // A stop signal: every worker ends after this step (the servers chose it); the servers write
+      // the snapshot that --resume continues from.
+      stepsDone_ = step + 1;
+      if (isChief())
+        log::warn("stopped on a stop signal after step ", stepsDone_, " of ", p.totalSteps, "; continue with --resume ",
+                  cfg_.checkpointDir);
+      break;
+    }
+    if (!isChief()) continue;
+    if (!metrics_) metrics_ = std::make_unique<MetricsCsv>(cfg_.metricsPath, true);  // took over
+    if (ft_.det) pollEvents();
+    const int64_t done = step + 1;
+    progress.step(done, n, loss);
+    if (progress.evalDue(done)) {
+      // EPSP: the next iteration's shards start now, on this worker's lanes and (transfer) on
+      // the others, instead of waiting for the evaluation.
+      if (epsp_ && done < p.totalSteps) beginShardedStep(done, true);
+      lastTrainLoss = progress.takeEvalLoss();
+      // EPSP: steal requests are answered between chunks of 100 (the peers wait for them).
+      const EvalResult e =
+          epsp_ ? evaluate(model_, fm_.test, std::min(cfg_.evalBatch, 100), cfg_.evalSamples, [this] { epsp_->service(); })
+                : evaluate(model_, fm_.test, cfg_.evalBatch, cfg_.evalSamples);
+      progress.markEval(e.accuracy);
+      const bool epochEnd = done % p.stepsPerEpoch == 0;
+      metrics_->write(MetricsRow{progress.elapsed(), done,
+                               static_cast<double>(done) / p.stepsPerEpoch, lastTrainLoss,
+                               e.accuracy, client_.minVersion(), eventText(epochEnd ? "epoch" : "")});
+      log::info("eval  step ", done, " epoch ", static_cast<double>(done) / p.stepsPerEpoch,
+                "  test accuracy ", e.accuracy * 100.0, " %  test loss ", e.loss,
+                "  (server version ", client_.minVersion(), ")");
+    }
   }
-  return end();
-}
-
-TrainResult WorkerLoop::end() {
-  const double trainSeconds = progress_->elapsed();
-  if (stepsDone_ < 0) stepsDone_ = totalSteps_;
+  const double trainSeconds = progress.elapsed();
+  if (stepsDone_ < 0) stepsDone_ = p.totalSteps;
   if (isLeader()) client_.done();
   if (epsp_) {
     // Every steal request in flight is answered before any worker leaves.
@@ -424,15 +379,15 @@ TrainResult WorkerLoop::end() {
   }
   if (projCsv_) std::fflush(projCsv_);
   if (!isChief()) {
-    const RankStats rs = workerStats(samples_, trainSeconds);
+    const RankStats rs = workerStats(samples, trainSeconds);
     if (!reportAndIdle(rs)) return {};
   }
   if (!metrics_) metrics_ = std::make_unique<MetricsCsv>(cfg_.metricsPath, true);
-  lastTrainLoss_ = progress_->takeEvalLoss();
-  TrainResult res = finishChief(trainSeconds, samples_, lastTrainLoss_);
-  metrics_->write(MetricsRow{progress_->elapsed(), stepsDone_,
-                             static_cast<double>(stepsDone_) / stepsPerEpoch_, lastTrainLoss_,
-                             res.summary.finalTestAccuracy, res.summary.updatesApplied, "end"});
+  lastTrainLoss = progress.takeEvalLoss();
+  TrainResult res = finishChief(trainSeconds, samples, lastTrainLoss);
+  metrics_->write(MetricsRow{progress.elapsed(), stepsDone_,
+                           static_cast<double>(stepsDone_) / p.stepsPerEpoch, lastTrainLoss,
+                           res.summary.finalTestAccuracy, res.summary.updatesApplied, "end"});
   return res;
 }
 
@@ -444,181 +399,101 @@ int workerThreads(int requested, int ranksOnNode) {
   return std::max(1, cores / std::max(1, ranksOnNode));
 }
 
-namespace {
-// A server-side rank waits for the chief's setup. A view change meanwhile (a failure at start)
-// is taken; the chief's own death before it sent the setup ends this rank with one line.
-ps::JobSpec receiveSetup(transport::Transport& t, const ps::RoleLayout& layout, FtContext& ft,
-                         double timeoutS) {
-  for (;;) {
-    try {
-      return ps::receiveSpec(t, layout, timeoutS);
-    } catch (const transport::ViewChanged&) {
-      // (not accepted here: the role that follows acts on the view, e.g. a spare's takeover)
-      if (ft.det && !ft.det->view().isAlive(layout.chiefRank()))
-        PHX_USER_ERROR("the chief worker (rank ", layout.chiefRank(), ") died before it sent the job's "
-                       "setup (parameter count, initial weights); the job cannot start: launch it again");
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-  }
-}
-}  // namespace
-
-DistJob::DistJob(const Config& cfg, transport::Transport& t, transport::Transport* detectorT,
-                 const Membership* membership)
-    : cfg_(cfg), t_(t), membership_(membership),
-      replacement_(membership && membership->joinView),
-      layout_(t.size(), cfg.servers, cfg.replicas, cfg.spares, cfg.groupSize) {
-  cfg.validate();
-  for (int r : cfg.straggleRanks())
-    if (r >= layout_.worldSize() || layout_.roleOf(r) != ps::Role::kWorker)
-      PHX_USER_ERROR("--straggle ", cfg.straggle, ": rank ", r, " is not a worker (workers are ranks ",
-                     layout_.firstWorkerRank(), "-", layout_.worldSize() - 1, ")");
-  role_ = layout_.roleOf(t.rank());
-  log::setIdentity(t.rank(), replacement_ ? "replacement" : ps::roleName(role_),
-                   !replacement_ && t.rank() == layout_.chiefRank());
-  if (t.rank() == layout_.chiefRank() && !replacement_) log::info(layout_.describe());
-  policyOf(cfg);  // reject a bad --sync on every rank alike
-  if (cfg.backupWorkers >= layout_.groups())
-    PHX_USER_ERROR("--backup-workers ", cfg.backupWorkers, " must be smaller than the ", layout_.groups(),
-                   " worker group(s): a round needs at least one push");
-  ft_ = std::make_unique<FtContext>();
-  FtContext& ft = *ft_;
-  ft.main = &t;
-  ft.layout = &layout_;
-  ft.mode = cfg.effectiveRecovery();
-  ft.survivorFlag = cfg.survivorFlag;
-  ft.startUnix = recovery::unixNow();
-  ft.chief = layout_.chiefRank();
-  if (ft.mode == "checkpoint" && layout_.spares() == 0 && t.rank() == layout_.chiefRank())
-    log::warn("--recovery checkpoint without --spares: a dead server cannot be replaced in this "
-              "job; it ends, and `--resume ", cfg.checkpointDir, "` restarts it from the snapshots");
-  if (detectorT) {
-    det_ = std::make_unique<recovery::FailureDetector>(
-        *detectorT, layout_,
-        recovery::DetectorOptions{cfg.heartbeatMs / 1000.0, cfg.failureTimeoutMs / 1000.0,
-                                  cfg.launches > 1, std::max(5.0, 10 * cfg.failureTimeoutMs / 1000.0)});
-    if (membership && membership->respawn) det_->setRespawner(membership->respawn);
-    if (replacement_) det_->adopt(*membership->joinView);
-    det_->start();
-    ft.det = det_.get();
-    ft.installHook();
-  }
-  log::info("rank ", t.rank(), " pid ", getpid(), " role ",
-            replacement_ ? "replacement" : ps::roleName(role_), ", recovery ", ft.mode);
-}
-
-DistJob::~DistJob() = default;
-
-bool DistJob::isWorker() const { return !replacement_ && role_ == ps::Role::kWorker; }
-
-// The chief sends the spec to the server side; a rank that dies meanwhile (a spare killed at
-// start) is skipped, not waited for.
-void DistJob::sendSetup() {
-  if (t_.rank() != layout_.chiefRank()) return;
-  recovery::FailureDetector* det = det_.get();
-  ps::sendSpec(t_, layout_, spec_, cfg_.peerTimeoutS,
-               det ? std::function<bool(int)>([det](int r) { return det->view().isAlive(r); })
-                   : std::function<bool(int)>());
-}
-
-void DistJob::knowSpec(const ps::JobSpec& spec) {
-  spec_ = spec;
-  if (membership_ && membership_->onSpec) membership_->onSpec(spec_.serialize());
-}
-
-void DistJob::serve() {
-  PHX_ENFORCE(!isWorker(), "DistJob::serve on a worker rank");
-  // The server side never builds the model or reads the data: the chief sends the job's spec
-  // (parameter count, initial parameters, planned steps); a replacement process got it with
-  // the view it joined at.
-  if (replacement_) {
-    if (!membership_->joinSpec || membership_->joinSpec->empty())
-      PHX_USER_ERROR("this replacement process was started before the job's setup was known (a "
-                     "failure at the very start); restart the job");
-    knowSpec(ps::JobSpec::parse(membership_->joinSpec->data(), membership_->joinSpec->size()));
-  } else {
-    knowSpec(receiveSetup(t_, layout_, *ft_, cfg_.peerTimeoutS));
-  }
-  FtContext& ft = *ft_;
-  if (replacement_) {
-    // Started for a dead rank when no spare was left: it takes over like a spare (the view it
-    // joined at names its shard, or the chain it is the new tail of).
-    runSpare(cfg_, t_, layout_, spec_, ft);
-  } else if (role_ == ps::Role::kReplica && (ft.mode == "chain" || ft.mode == "hybrid")) {
-    const int shard = (t_.rank() - layout_.servers()) / std::max(1, layout_.replicas());
-    serveShard(cfg_, t_, layout_, spec_, ft, shard, Entry::kReplica, 0);
-  } else if (role_ == ps::Role::kReplica) {
-    idleUntilReleased(t_, ft, [&ft] {
-      ft.accept();
-      return true;
-    });
-  } else if (role_ == ps::Role::kSpare) {
-    runSpare(cfg_, t_, layout_, spec_, ft);
-  } else {
-    serveShard(cfg_, t_, layout_, spec_, ft, t_.rank(), Entry::kInitial, 0);
-  }
-}
-
-TrainResult DistJob::trainBuiltin(const data::FashionMnist& data) {
-  knowSpec(workerSpec(cfg_, data.train, layout_.workers()));
-  sendSetup();
-  WorkerLoop loop(cfg_, t_, layout_, data, *ft_);
-  return loop.run();
-}
-
-void checkExternalModel(const Config& cfg, const ExternalModel& model) {
-  if (model.params <= 0 || static_cast<int64_t>(model.init.size()) != model.params || model.totalSteps <= 0)
-    PHX_USER_ERROR("a model of ", model.params, " parameters (", model.init.size(), " initial values) and ",
-                   model.totalSteps, " steps cannot be trained: give the flat parameter count, as many "
-                   "initial values, and at least one step");
-  if (cfg.shardedSync())
-    PHX_USER_ERROR("--sync ", cfg.sync, " moves parts of an iteration between workers, which only "
-                   "Phoenix's own models can do; use bsp, ssp, asp or sync-opt with your own model");
-  if (cfg.groupSize > 1)
-    PHX_USER_ERROR("--group-size ", cfg.groupSize, ": worker groups reduce inside Phoenix's own models; "
-                   "with your own model use --group-size 1 (reduce inside your framework instead)");
-}
-
-std::unique_ptr<WorkerLoop> DistJob::externalWorker(const ExternalModel& model) {
-  checkExternalModel(cfg_, model);
-  ps::JobSpec spec;
-  spec.params = model.params;
-  spec.totalSteps = model.totalSteps;
-  spec.init = model.init;
-  knowSpec(spec);
-  sendSetup();
-  return std::make_unique<WorkerLoop>(cfg_, t_, layout_, model, *ft_);
-}
-
-void DistJob::finish() {
-  t_.setInterrupt(nullptr);
-  if (det_ && membership_ && membership_->atEnd) {
-    const recovery::View v = det_->view();
-    std::vector<int> failed;
-    for (int r = 0; r < static_cast<int>(v.alive.size()); ++r)
-      if (!v.alive[r]) failed.push_back(r);
-    if (!failed.empty()) membership_->atEnd(failed);
-  }
-  if (det_) det_->leave();
-  det_.reset();
-}
-
 TrainResult runDistributed(const Config& cfg, transport::Transport& t,
                            const data::FashionMnist* data, transport::Transport* detectorT,
                            const Membership* membership) {
-  DistJob job(cfg, t, detectorT, membership);
+  const bool replacement = membership && membership->joinView;
+  cfg.validate();
+  const ps::RoleLayout layout(t.size(), cfg.servers, cfg.replicas, cfg.spares, cfg.groupSize);
+  for (int r : cfg.straggleRanks())
+    if (r >= layout.worldSize() || layout.roleOf(r) != ps::Role::kWorker)
+      PHX_USER_ERROR("--straggle ", cfg.straggle, ": rank ", r, " is not a worker (workers are ranks ",
+                     layout.firstWorkerRank(), "-", layout.worldSize() - 1, ")");
+  const ps::Role role = layout.roleOf(t.rank());
+  log::setIdentity(t.rank(), replacement ? "replacement" : ps::roleName(role),
+                   !replacement && t.rank() == layout.chiefRank());
+  if (t.rank() == layout.chiefRank() && !replacement) log::info(layout.describe());
+  policyOf(cfg);  // reject a bad --sync on every rank alike
+  if (cfg.backupWorkers >= layout.groups())
+    PHX_USER_ERROR("--backup-workers ", cfg.backupWorkers, " must be smaller than the ", layout.groups(),
+                   " worker group(s): a round needs at least one push");
+  FtContext ft;
+  ft.main = &t;
+  ft.layout = &layout;
+  ft.mode = cfg.effectiveRecovery();
+  ft.survivorFlag = cfg.survivorFlag;
+  ft.startUnix = recovery::unixNow();
+  ft.chief = layout.chiefRank();
+  if (ft.mode == "checkpoint" && layout.spares() == 0 && t.rank() == layout.chiefRank())
+    log::warn("--recovery checkpoint without --spares: a dead server cannot be replaced in this "
+              "job; it ends, and `--resume ", cfg.checkpointDir, "` restarts it from the snapshots");
+  std::unique_ptr<recovery::FailureDetector> det;
+  if (detectorT) {
+    det = std::make_unique<recovery::FailureDetector>(
+        *detectorT, layout,
+        recovery::DetectorOptions{cfg.heartbeatMs / 1000.0, cfg.failureTimeoutMs / 1000.0,
+                                  cfg.launches > 1, std::max(5.0, 10 * cfg.failureTimeoutMs / 1000.0)});
+    if (membership && membership->respawn) det->setRespawner(membership->respawn);
+    if (replacement) det->adopt(*membership->joinView);
+    det->start();
+    ft.det = det.get();
+    ft.installHook();
+  }
+  log::info("rank ", t.rank(), " pid ", getpid(), " role ",
+            replacement ? "replacement" : ps::roleName(role), ", recovery ", ft.mode);
   TrainResult res;
-  if (!job.isWorker()) {
-    job.serve();
+  if (replacement) {
+    // Started for a dead rank when no spare was left: it takes over like a spare (the view it
+    // joined at names its shard, or the chain it is the new tail of).
+    data::FashionMnist loaded;
+    if (!data) {
+      loaded = data::loadFashionMnist(cfg.dataDir);
+      data = &loaded;
+    }
+    runSpare(cfg, t, layout, *data, ft);
+  } else if (role == ps::Role::kReplica && (ft.mode == "chain" || ft.mode == "hybrid")) {
+    data::FashionMnist loaded;
+    if (!data) {
+      loaded = data::loadFashionMnist(cfg.dataDir);
+      data = &loaded;
+    }
+    const int shard = (t.rank() - layout.servers()) / std::max(1, layout.replicas());
+    serveShard(cfg, t, layout, *data, ft, shard, Entry::kReplica, 0);
+  } else if (role == ps::Role::kReplica) {
+    idleUntilReleased(t, ft, [&ft] {
+      ft.accept();
+      return true;
+    });
+  } else if (role == ps::Role::kSpare) {
+    // Load the data now, while idle: a takeover must not wait for it.
+    data::FashionMnist loaded;
+    if (!data) {
+      loaded = data::loadFashionMnist(cfg.dataDir);
+      data = &loaded;
+    }
+    runSpare(cfg, t, layout, *data, ft);
   } else {
     data::FashionMnist loaded;
     if (!data) {
       loaded = data::loadFashionMnist(cfg.dataDir);
       data = &loaded;
     }
-    res = job.trainBuiltin(*data);
+    if (role == ps::Role::kServer) {
+      serveShard(cfg, t, layout, *data, ft, t.rank(), Entry::kInitial, 0);
+    } else {
+      WorkerLoop loop(cfg, t, layout, *data, ft);
+      res = loop.run();
+    }
   }
-  job.finish();
+  t.setInterrupt(nullptr);
+  if (det && membership && membership->atEnd) {
+    const recovery::View v = det->view();
+    std::vector<int> failed;
+    for (int r = 0; r < static_cast<int>(v.alive.size()); ++r)
+      if (!v.alive[r]) failed.push_back(r);
+    if (!failed.empty()) membership->atEnd(failed);
+  }
+  if (det) det->leave();
   return res;
 }
 

@@ -14,7 +14,6 @@
 #include "runtime/core/config.h"
 #include "runtime/data/fashion_mnist.h"
 #include "runtime/ps/client.h"
-#include "runtime/ps/job_spec.h"
 #include "runtime/ps/layout.h"
 #include "runtime/sync/sync_policy.h"
 #include "runtime/transport/transport.h"
@@ -143,14 +142,10 @@ double cpuQuotaCores();
 // restores the newest snapshot), or as a chain replica (it waits for the state and serves only
 // once promoted).
 enum class Entry { kInitial, kSpare, kReplica };
-// `spec`: the parameter count, initial parameters and planned steps the chief sent
-// (runtime/ps/job_spec.h); the server side never builds the model or reads the data.
 void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout& layout,
-                const ps::JobSpec& spec, FtContext& ft, int shard, Entry entry, int sinceEpoch);
+                const data::FashionMnist& fm, FtContext& ft, int shard, Entry entry,
+                int sinceEpoch);
 void runSpare(const Config& cfg, transport::Transport& t, const ps::RoleLayout& layout,
-              const ps::JobSpec& spec, FtContext& ft);
-// The spec of this run as every worker computes it: the model's parameter count and initial
-// parameters (--model, --seed) and the planned steps (the data set, --epochs or --steps).
-ps::JobSpec workerSpec(const Config& cfg, const data::Dataset& train, int workers);
+              const data::FashionMnist& fm, FtContext& ft);
 
 }  // namespace phx::train

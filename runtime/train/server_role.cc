@@ -15,28 +15,23 @@ using transport::Header;
 using transport::MsgType;
 
 // Serves `shard` until every client is done (see roles.h for the entries).
-ps::JobSpec workerSpec(const Config& cfg, const data::Dataset& train, int workers) {
+void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout& layout,
+                const data::FashionMnist& fm, FtContext& ft, int shard, Entry entry,
+                int sinceEpoch) {
   auto be = kernels::makeBackend("cpu", 1);
   kernels::Model init(*be, kernels::parseModelSpec(cfg.model), 1);
   init.initParams(cfg.seed);
-  ps::JobSpec spec;
-  init.getParams(spec.init);
-  spec.params = static_cast<int64_t>(spec.init.size());
-  spec.totalSteps = plan(cfg, train, workers).totalSteps;
-  return spec;
-}
-
-void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout& layout,
-                const ps::JobSpec& spec, FtContext& ft, int shard, Entry entry, int sinceEpoch) {
-  auto be = kernels::makeBackend("cpu", 1);
-  const auto ranges = ps::splitKeys(spec.params, layout.servers());
+  std::vector<float> all;
+  init.getParams(all);
+  const auto ranges = ps::splitKeys(static_cast<int64_t>(all.size()), layout.servers());
   const ps::KeyRange r = ranges[shard];
-  std::vector<float> slice(spec.init.begin() + r.lo, spec.init.begin() + r.hi);
+  std::vector<float> slice(all.begin() + r.lo, all.begin() + r.hi);
 
   const auto policy = policyOf(cfg);
+  const Plan p = plan(cfg, fm.train, layout.workers());
   // Updates the server will apply over the run: one per round (BSP) or one per push.
   const int64_t perStep = policy->roundBased() ? 1 : layout.groups();
-  const int64_t totalUpdates = spec.totalSteps * perStep;
+  const int64_t totalUpdates = p.totalSteps * perStep;
   const bool chained = ft.mode == "chain" || ft.mode == "hybrid";
   const bool statelessWorkers = ft.mode == "stateless" || ft.mode == "hybrid";
   const bool asyncChain = chained && cfg.chainMode == "async";
@@ -235,7 +230,7 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
   // already out of the view: drop them now, or a round would wait for their pushes forever.
   if (ft.det) dropDeadClients(ft.det->view());
   if (entry != Entry::kReplica)
-    log::info("shard ", shard, " owns keys [", r.lo, ", ", r.hi, ") of ", spec.params, ", sync ",
+    log::info("shard ", shard, " owns keys [", r.lo, ", ", r.hi, ") of ", all.size(), ", sync ",
               policy->name(), ", ", layout.groups(), " client(s)", takeover ? " (took over)" : "");
   const double cpu0 = cpuSeconds();
   const auto t0 = std::chrono::steady_clock::now();
@@ -294,7 +289,7 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
 
 // A spare: idle until a view gives it a shard (or the chief releases it at the end).
 void runSpare(const Config& cfg, transport::Transport& t, const ps::RoleLayout& layout,
-              const ps::JobSpec& spec, FtContext& ft) {
+              const data::FashionMnist& fm, FtContext& ft) {
   transport::Backoff idle;
   for (;;) {
     Header h;
@@ -308,14 +303,14 @@ void runSpare(const Config& cfg, transport::Transport& t, const ps::RoleLayout& 
                   cfg.downtimeS > 0 ? detail::concat(" after --downtime ", cfg.downtimeS, " s") : "");
         if (cfg.downtimeS > 0)
           std::this_thread::sleep_for(std::chrono::duration<double>(cfg.downtimeS));
-        serveShard(cfg, t, layout, spec, ft, shard, Entry::kSpare, v.shardSince[shard]);
+        serveShard(cfg, t, layout, fm, ft, shard, Entry::kSpare, v.shardSince[shard]);
         return;
       }
       const int chain = v.backupOf(t.rank());
       if (chain >= 0) {
         log::warn("spare rank ", t.rank(), " joins the tail of shard ", chain, "'s chain (epoch ",
                   v.epoch, ")");
-        serveShard(cfg, t, layout, spec, ft, chain, Entry::kReplica, v.epoch);
+        serveShard(cfg, t, layout, fm, ft, chain, Entry::kReplica, v.epoch);
         return;
       }
     }

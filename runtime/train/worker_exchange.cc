@@ -15,9 +15,8 @@ namespace phx::train {
 
 void WorkerLoop::setupGroupReduce() {
   const int members = layout_.groupEnd(group_) - leader_;
-  // (--device cpu everywhere: nothing to agree on; auto may differ between nodes; a caller's
-  // model exchanges host buffers)
-  if (members < 2 || cfg_.groupReduce == "mpi" || cfg_.device == "cpu" || !model_) return;
+  // (--device cpu everywhere: nothing to agree on; auto may differ between nodes)
+  if (members < 2 || cfg_.groupReduce == "mpi" || cfg_.device == "cpu") return;
   if (!kernels::ncclBuilt()) {
     if (cfg_.groupReduce == "nccl")
       PHX_USER_ERROR("--group-reduce nccl: this build of Phoenix has no NCCL (configure with "
@@ -110,7 +109,7 @@ void WorkerLoop::shareWeights(int64_t clock) {
     ids.push_back(t_.send(layout_.workerRank(m), h, nccl_ ? nullptr : paramBuf()));
   }
   for (auto id : ids) t_.waitSend(id, cfg_.peerTimeoutS);
-  if (nccl_) nccl_->broadcast(model_->params(), n_);
+  if (nccl_) nccl_->broadcast(model_.params(), n_);
   else uploadParams();
 }
 
@@ -120,9 +119,9 @@ Header WorkerLoop::receiveWeights(const std::string& what) {
   waitFor(MsgType::kGroupWeights, &h, &src, what);
   if (nccl_) {
     PHX_ENFORCE(h.bytes == 0, "group weights of ", h.bytes, " bytes in an NCCL group");
-    nccl_->broadcast(model_->params(), n_);
+    nccl_->broadcast(model_.params(), n_);
     // the host copy stays current (evaluation after a chief takeover, the final weights)
-    if (!hostParams_.empty()) be_->copyToHost(hostParams_.data(), model_->params(), n_ * 4);
+    if (!hostParams_.empty()) be_->copyToHost(hostParams_.data(), model_.params(), n_ * 4);
   } else {
     t_.recvPayload(src, MsgType::kGroupWeights, paramBuf(), n_ * sizeof(float), cfg_.peerTimeoutS);
     uploadParams();
@@ -151,7 +150,7 @@ void WorkerLoop::exchange(int64_t clock, double loss) {
   const size_t payload = nccl_ ? 0 : bytes;
   if (nccl_) be_->synchronize();
   // (EPSP's lanes already summed their gradients into the host buffer)
-  else if (!epsp_ && model_ && !hostGrads_.empty()) be_->copyToHost(hostGrads_.data(), model_->grads(), bytes);
+  else if (!epsp_ && !hostGrads_.empty()) be_->copyToHost(hostGrads_.data(), model_.grads(), bytes);
   transport::SendId sent{};
   if (!isLeader()) {
     Header g;
@@ -183,8 +182,8 @@ void WorkerLoop::exchange(int64_t clock, double loss) {
     }
   }
   if (nccl_) {
-    nccl_->reduceSum(model_->grads(), n_);
-    if (isLeader() && !hostGrads_.empty()) be_->copyToHost(hostGrads_.data(), model_->grads(), bytes);
+    nccl_->reduceSum(model_.grads(), n_);
+    if (isLeader() && !hostGrads_.empty()) be_->copyToHost(hostGrads_.data(), model_.grads(), bytes);
   }
   if (isLeader()) {
     if (members > 1 && cfg_.aggregate == "mean") {

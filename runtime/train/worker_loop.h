@@ -16,7 +16,6 @@
 #include "runtime/sync/projection.h"
 #include "runtime/train/dist_trainer.h"
 #include "runtime/train/epsp.h"
-#include "runtime/train/progress.h"
 #include "runtime/train/roles.h"
 
 namespace phx::train {
@@ -26,17 +25,15 @@ using transport::MsgType;
 
 class WorkerLoop {
  public:
-  // The built-in model (--model) on Fashion-MNIST: run() is the whole training loop.
   WorkerLoop(const Config& cfg, transport::Transport& t, const ps::RoleLayout& layout,
              const data::FashionMnist& fm, FtContext& ft)
-      : cfg_(cfg), t_(t), layout_(layout), fm_(&fm), ft_(ft), w_(layout.workerIndex(t.rank())),
+      : cfg_(cfg), t_(t), layout_(layout), fm_(fm), ft_(ft), w_(layout.workerIndex(t.rank())),
         group_(layout.groupOf(w_)), leader_(layout.leaderOf(group_)),
         be_(kernels::makeBackend(cfg.device, workerThreads(cfg.threads, ranksOnNode(t)))),
-        model_(std::make_unique<kernels::Model>(
-            *be_, kernels::parseModelSpec(cfg.model),
-            // any worker may become the chief (and evaluate) when failures are handled
-            std::max(cfg.batch, w_ == 0 || ft.det ? cfg.evalBatch : 1))),
-        n_(model_->paramCount()),
+        model_(*be_, kernels::parseModelSpec(cfg.model),
+               // any worker may become the chief (and evaluate) when failures are handled
+               std::max(cfg.batch, w_ == 0 || ft.det ? cfg.evalBatch : 1)),
+        n_(model_.paramCount()),
         client_(t, layout, ps::splitKeys(static_cast<int64_t>(n_), layout.servers()), group_, 0,
                 cfg.peerTimeoutS) {
     // CPU workers exchange straight from the model's buffers; GPU workers stage through host.
@@ -44,58 +41,25 @@ class WorkerLoop {
       hostParams_.resize(n_);
       hostGrads_.resize(n_);
     }
-    init();
-  }
-  // A model its caller trains (the library API, the Python module): the caller's loop calls
-  // begin(), then step() with each step's gradient, then end(). The exchange buffers are host
-  // memory of ext.params floats (hostParams(), hostGrads()).
-  WorkerLoop(const Config& cfg, transport::Transport& t, const ps::RoleLayout& layout,
-             const ExternalModel& ext, FtContext& ft)
-      : cfg_(cfg), t_(t), layout_(layout), ext_(&ext), ft_(ft), w_(layout.workerIndex(t.rank())),
-        group_(layout.groupOf(w_)), leader_(layout.leaderOf(group_)),
-        be_(kernels::makeBackend("cpu", 1)), n_(static_cast<size_t>(ext.params)),
-        client_(t, layout, ps::splitKeys(ext.params, layout.servers()), group_, 0, cfg.peerTimeoutS) {
-    hostParams_.resize(n_);
-    hostGrads_.resize(n_);
-    init();
+    if (isLeader() && layout_.groupEnd(group_) - leader_ > 1) recv_.resize(n_);
+    projection_ = phx::sync::StragglerProjection(cfg.stragglerTheta);
+    straggle_ = cfg.straggleSpec();
+    if (ft_.det)
+      client_.setRefresh([this] { return onViewChange(); });
+    if (ft_.det && isLeader() && (ft_.mode == "stateless" || ft_.mode == "hybrid"))
+      client_.setStateless(paramBuf(), cfg.statelessBuffer, cfg.backlogRule == "staleness");
   }
 
   TrainResult run();
-  // The caller-driven loop (external model). begin(): the initial weights are in hostParams();
-  // step(): hostGrads() holds the gradient of `step` (n samples, mean loss), pushed; hostParams()
-  // then holds the weights for the next step; false: the job stops after this step (a stop
-  // signal). end(): the chief's summary (an empty result elsewhere).
-  void begin();
-  bool step(int64_t step, int n, double loss);
-  TrainResult end();
-  float* hostParams() { return paramBuf(); }
-  float* hostGrads() { return gradBuf(); }
-  int64_t startStep() const { return startStep_; }
-  int64_t totalSteps() const { return totalSteps_; }
-  bool chief() const { return isChief(); }
   ~WorkerLoop();
 
  private:
-  void init();
   bool isLeader() const { return w_ == leader_; }
-  float* paramBuf() { return hostParams_.empty() ? model_->params() : hostParams_.data(); }
-  float* gradBuf() { return hostGrads_.empty() ? model_->grads() : hostGrads_.data(); }
+  float* paramBuf() { return hostParams_.empty() ? model_.params() : hostParams_.data(); }
+  float* gradBuf() { return hostGrads_.empty() ? model_.grads() : hostGrads_.data(); }
   void uploadParams() {
-    if (model_ && !hostParams_.empty()) be_->copyToDevice(model_->params(), hostParams_.data(), n_ * 4);
+    if (!hostParams_.empty()) be_->copyToDevice(model_.params(), hostParams_.data(), n_ * 4);
   }
-  // Before step `step` computes: a view change taken, an injected worker kill due.
-  void beforeStep(int64_t step);
-  // After its exchange: counters, a stop, the chief's progress, evaluation and metrics; false:
-  // the loop ends (a stop signal).
-  bool afterStep(int64_t step, int n, double loss);
-  EvalResult evaluateNow(bool final);
-  // The run's plan and the loop's state between begin() and end().
-  int64_t stepsPerEpoch_ = 1;
-  std::unique_ptr<Progress> progress_;
-  int64_t samples_ = 0;
-  double lastTrainLoss_ = NAN;
-  std::vector<Schedule> workerKills_;
-  bool killable_ = false;
   void exchange(int64_t clock, double loss);  // push gradient of clock, get weights of clock+1
   void initialWeights();
   // Worker groups: the leader sends the weights of `clock` to its members (MPI or NCCL); a
@@ -147,8 +111,7 @@ class WorkerLoop {
   const Config& cfg_;
   transport::Transport& t_;
   const ps::RoleLayout& layout_;
-  const data::FashionMnist* fm_ = nullptr;  // built-in model's data (null: external model)
-  const ExternalModel* ext_ = nullptr;      // the caller's model (null: built-in)
+  const data::FashionMnist& fm_;
   FtContext& ft_;
   int w_, group_, leader_;
   bool isChief() const { return t_.rank() == ft_.chief; }
@@ -159,7 +122,7 @@ class WorkerLoop {
   // chief meanwhile and must end the run itself.
   bool reportAndIdle(const RankStats& rs);
   std::unique_ptr<kernels::Backend> be_;
-  std::unique_ptr<kernels::Model> model_;  // the built-in model (null: external)
+  kernels::Model model_;
   size_t n_;
   ps::PsClient client_;
   std::vector<float> hostParams_, hostGrads_, recv_;

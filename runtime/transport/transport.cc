@@ -28,7 +28,6 @@ const char* msgTypeName(MsgType t) {
     case MsgType::kGrant: return "grant";
     case MsgType::kFinished: return "finished";
     case MsgType::kGroupSetup: return "group-setup";
-    case MsgType::kSetup: return "setup";
   }
   return "unknown";
 }

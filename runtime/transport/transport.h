@@ -48,11 +48,8 @@ enum class MsgType : uint16_t {
   // Worker groups of GPU workers (--group-reduce, docs/architecture.md "Worker groups"):
   kGroupSetup = 21,   // member -> leader: its GPU's identity (payload, text); leader -> member:
                       // value 1 = reduce over NCCL (payload: the NCCL id), 0 = over MPI, -1 = refused
-  // Model-agnostic servers (runtime/ps/job_spec.h):
-  kSetup = 22,        // chief -> server, replica, spare: offset = parameter count, clock = planned
-                      // steps, payload = the initial parameters
 };
-inline constexpr int kNumMsgTypes = 23;  // one past the largest MsgType
+inline constexpr int kNumMsgTypes = 22;
 const char* msgTypeName(MsgType t);
 
 enum HeaderFlags : uint16_t {

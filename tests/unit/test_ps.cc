@@ -12,11 +12,9 @@
 
 #include "kernels/cpu/cpu_backend.h"
 #include "runtime/ps/client.h"
-#include "runtime/ps/job_spec.h"
 #include "runtime/ps/layout.h"
 #include "runtime/ps/server.h"
 #include "runtime/train/dist_trainer.h"
-#include "runtime/train/worker_loop.h"
 #include "tests/unit/inproc_test.h"
 #include "tests/unit/toy_data.h"
 
@@ -286,52 +284,6 @@ TEST(Bsp, ARoundWaitsForTheSurvivorsWhenClientsThatPushedDie) {
   for (float v : srv.weights()) EXPECT_EQ(v, -3.0f);  // the three gradients, summed once
 }
 
-TEST(JobSpec, RoundTripsAndRejectsMalformedBytes) {
-  ps::JobSpec s;
-  s.params = 3;
-  s.totalSteps = 40;
-  s.init = {0.5f, -1.0f, 2.0f};
-  const std::vector<unsigned char> b = s.serialize();
-  const ps::JobSpec t = ps::JobSpec::parse(b.data(), b.size());
-  EXPECT_EQ(t.params, 3);
-  EXPECT_EQ(t.totalSteps, 40);
-  EXPECT_EQ(t.init, s.init);
-  EXPECT_THROW(ps::JobSpec::parse(b.data(), b.size() - 1), UserError);  // truncated
-  EXPECT_THROW(ps::JobSpec::parse(b.data(), 8), UserError);
-  std::vector<unsigned char> neg = b;
-  neg[0] = 0xff;  // a parameter count that does not match the bytes
-  EXPECT_THROW(ps::JobSpec::parse(neg.data(), neg.size()), UserError);
-}
-
-TEST(JobSpec, TheServerSideTakesTheSetupOnlyFromTheChief) {
-  // 1 server, 2 workers: rank 0 serves, rank 1 is the chief, rank 2 a worker.
-  const ps::RoleLayout layout(3, 1, 0, 0, 1);
-  InprocFabric fabric(3);
-  InprocTransport server(fabric, 0), chief(fabric, 1), other(fabric, 2);
-  ps::JobSpec s;
-  s.params = 4;
-  s.totalSteps = 7;
-  s.init = {1, 2, 3, 4};
-  ps::sendSpec(chief, layout, s, kTimeout);
-  const ps::JobSpec got = ps::receiveSpec(server, layout, kTimeout);
-  EXPECT_EQ(got.params, 4);
-  EXPECT_EQ(got.totalSteps, 7);
-  EXPECT_EQ(got.init, s.init);
-  // a setup from a worker that is not the chief is refused with a clear error
-  Header h;
-  h.type = MsgType::kSetup;
-  h.offset = 4;
-  h.clock = 7;
-  h.bytes = 16;
-  other.send(0, h, s.init.data());
-  try {
-    ps::receiveSpec(server, layout, kTimeout);
-    ADD_FAILURE() << "a setup from rank 2 was taken";
-  } catch (const UserError& e) {
-    EXPECT_NE(std::string(e.what()).find("malformed job setup from rank 2"), std::string::npos) << e.what();
-  }
-}
-
 TEST(DistributedTraining, BspLearnsAndAgreesAcrossServerCounts) {
   const auto fm = toyData(256);
   Config c = jobConfig();
@@ -368,118 +320,6 @@ TEST(DistributedTraining, AspAndSspLearn) {
   }
 }
 
-
-// A model the servers have never seen: 0.5 |w - w*|^2 over 20 parameters, trained by the
-// caller's own loop (the path of the library API and the Python module). Every rank runs as a
-// thread; the workers drive WorkerLoop::begin/step/end themselves.
-struct ExternalRun {
-  train::TrainResult res;
-  std::vector<float> finalWeights;
-};
-ExternalRun runExternal(int ranks, const Config& cfg, const std::vector<float>& target) {
-  InprocFabric fabric(ranks);
-  std::vector<std::thread> th;
-  std::vector<std::exception_ptr> errs(ranks);
-  ExternalRun out;
-  const int chief = cfg.servers * (1 + cfg.replicas) + cfg.spares;
-  train::ExternalModel m;
-  m.params = static_cast<int64_t>(target.size());
-  m.init.assign(target.size(), 0.0f);
-  m.totalSteps = 30;
-  m.name = "quadratic";
-  m.evaluate = [&target](const float* w) {
-    double d = 0;
-    for (size_t k = 0; k < target.size(); ++k) d += (w[k] - target[k]) * (w[k] - target[k]);
-    return train::EvalResult{d < 1e-2 ? 1.0 : 0.0, d};
-  };
-  for (int r = 0; r < ranks; ++r)
-    th.emplace_back([&, r] {
-      try {
-        InprocTransport t(fabric, r);
-        train::DistJob job(cfg, t, nullptr, nullptr);
-        if (!job.isWorker()) {
-          job.serve();
-        } else {
-          auto loop = job.externalWorker(m);
-          loop->begin();
-          for (int64_t step = loop->startStep(); step < loop->totalSteps(); ++step) {
-            const float* w = loop->hostParams();
-            float* g = loop->hostGrads();
-            double loss = 0;
-            for (size_t k = 0; k < target.size(); ++k) {
-              g[k] = w[k] - target[k];
-              loss += 0.5 * g[k] * g[k];
-            }
-            if (!loop->step(step, 1, loss)) break;
-          }
-          auto res = loop->end();
-          if (r == chief) {
-            out.res = res;
-            out.finalWeights.assign(loop->hostParams(), loop->hostParams() + target.size());
-          }
-        }
-        job.finish();
-      } catch (...) {
-        errs[r] = std::current_exception();
-      }
-    });
-  for (auto& t : th) t.join();
-  for (auto& e : errs)
-    if (e) std::rethrow_exception(e);
-  return out;
-}
-
-TEST(ExternalModel, ServersTrainAModelTheyNeverSaw) {
-  std::vector<float> target(20);
-  for (size_t k = 0; k < target.size(); ++k) target[k] = 0.1f * static_cast<float>(k) - 1.0f;
-  Config c = jobConfig();
-  c.model = "mlp";  // (never built: the external model replaces it)
-  c.lr = 0.1;
-  c.momentum = 0;
-  c.servers = 1;
-  const ExternalRun one = runExternal(3, c, target);  // 1 server, 2 workers
-  c.servers = 2;
-  const ExternalRun two = runExternal(4, c, target);  // the same over 2 shards
-  ASSERT_EQ(one.finalWeights.size(), target.size());
-  EXPECT_EQ(one.finalWeights, two.finalWeights) << "sharding changed the result";
-  double d = 0;
-  for (size_t k = 0; k < target.size(); ++k) d += (one.finalWeights[k] - target[k]) * (one.finalWeights[k] - target[k]);
-  EXPECT_LT(d, 1e-2) << "the servers did not apply the caller's gradients";
-  EXPECT_EQ(one.res.summary.updatesApplied, 30);
-  EXPECT_EQ(one.res.summary.finalTestAccuracy, 1.0);  // the caller's evaluation of the final weights
-  std::string model, params;
-  for (const auto& [k, v] : one.res.summary.extra) {
-    if (k == "model") model = v;
-    if (k == "parameters") params = v;
-  }
-  EXPECT_EQ(model, "\"quadratic\"");
-  EXPECT_EQ(params, "20");
-}
-
-TEST(ExternalModel, BadUseIsAClearError) {
-  Config c = jobConfig();
-  train::ExternalModel m;
-  m.params = 4;
-  m.init.assign(4, 0.0f);
-  m.totalSteps = 2;
-  auto why = [&](const Config& cfg, const train::ExternalModel& model) {
-    try {
-      train::checkExternalModel(cfg, model);
-    } catch (const UserError& e) {
-      return std::string(e.what());
-    }
-    return std::string("accepted");
-  };
-  EXPECT_EQ(why(c, m), "accepted");
-  c.sync = "epsp";
-  EXPECT_NE(why(c, m).find("only Phoenix's own models"), std::string::npos);
-  c.sync = "bsp";
-  m.init.resize(3);  // fewer initial values than parameters
-  EXPECT_NE(why(c, m).find("3 initial values"), std::string::npos);
-  m.init.resize(4);
-  m.totalSteps = 0;
-  EXPECT_NE(why(c, m).find("at least one step"), std::string::npos);
-}
 
 }  // namespace
 }  // namespace phx

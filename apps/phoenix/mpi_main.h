@@ -6,7 +6,7 @@
 
 #include <functional>
 
-namespace phx::api {
+namespace phx::apps {
 
 // `check` (optional) runs first on every rank, after MPI is up: if it throws a UserError on
 // any rank (a bad flag: the same on every rank), the lowest such rank prints the line and every
@@ -14,4 +14,4 @@ namespace phx::api {
 int runUnderMpi(const std::function<void(int rank, int size)>& body,
                 const std::function<void()>& check = {});
 
-}  // namespace phx::api
+}  // namespace phx::apps

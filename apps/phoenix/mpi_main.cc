@@ -1,4 +1,4 @@
-#include "runtime/api/mpi_main.h"
+#include "apps/phoenix/mpi_main.h"
 
 #include <unistd.h>
 
@@ -14,7 +14,7 @@
 #include "runtime/transport/mpi/mpi_transport.h"
 #include "runtime/transport/mpi/ulfm.h"
 
-namespace phx::api {
+namespace phx::apps {
 
 namespace {
 // MPI_Finalize after a rank died can hang (shared/infra-notes.md: 2 of 15 runs): a watchdog
@@ -107,4 +107,4 @@ int runUnderMpi(const std::function<void(int rank, int size)>& body, const std::
   return code;
 }
 
-}  // namespace phx::api
+}  // namespace phx::apps
