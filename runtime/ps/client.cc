@@ -52,6 +52,7 @@ void PsClient::retarget(const Directory& d) {
       // Down until the new server's hello: keep the last pulled copy, buffer from now on (the
       // outstanding push too: the dead server may not have applied it).
       const int64_t n = ranges_[s].size();
+      pollHandOvers();  // the dead server may have applied the hand-over before it died
       if (!down_[s] && handed_[s].open) {
         // The previous hand-over was never confirmed (its server died during its rejoin): the
         // same backlog goes to the next server, with what is buffered from now on.
@@ -211,7 +212,20 @@ void PsClient::localStep(float* params, float lr) {
 void PsClient::pollHello() {
   Header h;
   int src = -1;
+  pollHandOvers();
   while (t_.poll(MsgType::kHello, &h, &src)) answerHello(h, src, false);
+}
+
+void PsClient::pollHandOvers() {
+  Header h;
+  int src = -1;
+  while (t_.poll(MsgType::kHandOver, &h, &src)) {
+    const int s = h.shard;
+    if (h.magic != transport::kMagic || s < 0 || s >= static_cast<int>(handed_.size()) ||
+        h.client != client_ || !handed_[s].open || src != handed_[s].rank)
+      continue;  // not about this client's open hand-over (a stale or malformed one)
+    confirmHandOver(s);
+  }
 }
 
 // Sends shard h.shard's backlog to its new server (when the hello is from it). last: the client
@@ -239,7 +253,7 @@ bool PsClient::answerHello(const Header& h, int src, bool last) {
     if (s == 0) acked0_ += handed;
     backlog_[s].clear();
   } else {
-    handed_[s] = Handed{true, std::move(backlog_[s]), count_[s], pendingLabel_[s], copyVersion_[s]};
+    handed_[s] = Handed{true, std::move(backlog_[s]), count_[s], pendingLabel_[s], copyVersion_[s], src};
     backlog_[s] = {};
   }
   down_[s] = 0;

@@ -139,9 +139,11 @@ class PsClient {
     bool open = false;
     std::vector<float> data;
     int64_t count = 0, label = -1, version = 0;
+    int rank = -1;  // the server it was handed to
   };
   std::vector<Handed> handed_;
   void confirmHandOver(int shard);
+  void pollHandOvers();  // the servers' kHandOver confirmations (also from one that died since)
   double bytesSent_ = 0, bytesReceived_ = 0;
   int32_t stepMicros_ = 0, medianMicros_ = 0;
   bool stop_ = false;

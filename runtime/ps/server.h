@@ -146,6 +146,7 @@ class Server {
   // all answered (or died). adoptCopies: a client's copy newer than this state replaces it.
   void beginRejoin(BacklogRule rule, bool adoptCopies);
   bool rejoining() const { return rejoin_; }
+  void applyBacklog();  // (finishRejoinIfReady) the rejoin's backlog as one plain SGD step
 
  private:
   struct PendingPull {

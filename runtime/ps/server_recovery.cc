@@ -261,6 +261,23 @@ void Server::finishRejoinIfReady() {
   }
   rejoinBase_ = stats_.version;
   beginResync();
+  applyBacklog();
+  // Every client that handed a backlog over hears that it is applied before any pull reply
+  // that holds it (one route, in order): a client whose server dies after this keeps nothing
+  // to hand over again, and one whose server died before it hands the same backlog to the next.
+  for (int c = 0; c < opt_.clients; ++c) {
+    if (!answered_[c] || done_[c]) continue;
+    Header h;
+    h.type = MsgType::kHandOver;
+    h.shard = opt_.shard;
+    h.client = c;
+    h.epoch = opt_.epoch;
+    h.version = stats_.version;
+    acks_.push_back(t_.send(layout_.workerRank(layout_.leaderOf(c)), h, nullptr));
+  }
+}
+
+void Server::applyBacklog() {
   if (rejoinCount_ == 0) return;
   kernels::SgdParams p = opt_.sgd;
   p.momentum = 0.0f;  // one plain step for the whole backlog (the paper's rule)

@@ -65,7 +65,11 @@ void WorkerLoop::pollEvents() {
       t_.discardPayload(src, MsgType::kEvent, static_cast<size_t>(h.bytes), cfg_.peerTimeoutS);
       continue;
     }
-    t_.recvPayload(src, MsgType::kEvent, ev, sizeof ev, cfg_.peerTimeoutS);
+    try {
+      t_.recvPayload(src, MsgType::kEvent, ev, sizeof ev, cfg_.peerTimeoutS);
+    } catch (const transport::ViewChanged&) {
+      continue;  // the report of a server that died before its payload arrived: not kept
+    }
     recovered_.push_back({static_cast<int>(ev[0]), static_cast<int>(ev[1]), ev[2], ev[3], ev[4]});
     log::warn("RECOVERED shard ", static_cast<int>(ev[0]), " on rank ", src, ": ",
               ft_.mode == "chain" || ft_.mode == "hybrid" ? "state at version " : "restored version ",

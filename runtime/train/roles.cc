@@ -19,6 +19,10 @@ using transport::MsgType;
 
 [[noreturn]] void killSelf(FtContext& ft, const std::string& what) {
   log::warn("injected failure: ", what, " -- SIGKILL of rank ", ft.main->rank(), " (pid ", getpid(), ")");
+  // The kill lands between two messages, not inside the last one: what this rank already
+  // handed to the MPI (a takeover's recovery report just before it) gets 50 ms to leave it
+  // (the detector thread keeps progressing it); the kill time is announced after that.
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
   if (ft.det) ft.det->announceDeath();
   ::raise(SIGKILL);
   for (;;) pause();

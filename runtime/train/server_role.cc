@@ -124,14 +124,22 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
     const int me = t.rank();
     const int head = v.shardRank[shard];
     if (head == me && !srv->isHead()) {
+      // Every member that held the state died before this new tail received it: under chain
+      // recovery nothing else holds the shard (no snapshots), so it is lost; serving the
+      // initial weights would be a silently wrong result. (Hybrid rebuilds from the workers.)
+      if (!srv->hasState() && !statelessWorkers)
+        PHX_USER_ERROR("shard ", shard, " is lost: every member of its chain that held the state "
+                       "died before the new tail (rank ", me, ") had received it; restart the job "
+                       "with --recovery hybrid (it writes snapshots; --resume DIR) or with more --replicas");
       if (!srv->hasState())
-        log::error("shard ", shard, ": replica rank ", me, " is promoted before it received the "
-                   "state; it serves its initial weights");
+        log::warn("shard ", shard, ": replica rank ", me, " is promoted before it received the "
+                  "state; it rebuilds from the workers' copies");
       log::warn("replica rank ", me, " is promoted to head of shard ", shard, " (epoch ", v.epoch,
                 ", version ", srv->stats().version, ")",
                 cfg.downtimeS > 0 ? detail::concat(" after --downtime ", cfg.downtimeS, " s") : "");
       if (cfg.downtimeS > 0) std::this_thread::sleep_for(std::chrono::duration<double>(cfg.downtimeS));
       testhooks::killPoint("promote");
+      const bool adoptCopies = !srv->hasState();
       srv->promote(v.shardSince[shard], asyncChain);
       killIndex = 0;  // the n-th --kill-server entry is for the n-th holder of shard 0
       for (const auto& f : v.failures) killIndex += f.shard == 0 ? 1 : 0;
@@ -140,7 +148,7 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
       rs.restoredVersion = static_cast<double>(srv->stats().version);
       sinceEpoch = v.shardSince[shard];
       srv->setChain(head, v.successorOf(shard, me));
-      if (statelessWorkers) srv->beginRejoin(rule, false);
+      if (statelessWorkers) srv->beginRejoin(rule, adoptCopies);
       return;
     }
     if (head >= 0) srv->setChain(head, v.successorOf(shard, me));
@@ -172,6 +180,9 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
       actOnView(pending);
     }
     if (!srv->isHead()) return;
+    // the recovery event first: an injected kill at the update that completes a takeover must
+    // not take the takeover's report (its applied backlog) with it
+    sendEvent();
     // (worker steps from the pushes in the state: a stateless rejoin applies many buffered
     // pushes as one version, so versions would fall behind and a later kill never come)
     const int64_t steps = policy->roundBased() ? srv->stats().version : srv->stats().gradients / perStep;
@@ -179,7 +190,6 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
       killSelf(ft, detail::concat("--kill-server ", cfg.killServer, " (shard 0 at update ",
                                   srv->stats().version, ")"));
     if (ckpt && every.isTime() && recovery::unixNow() - lastCkptUnix >= every.seconds) snapshot();
-    sendEvent();
   };
 
   if (takeover) unsetenv("PHX_TEST_KILL_IN_CHECKPOINT");  // the test hook kills one writer only
@@ -210,6 +220,11 @@ void serveShard(const Config& cfg, transport::Transport& t, const ps::RoleLayout
       PHX_USER_ERROR("--resume ", cfg.resumeDir, ": no valid snapshot of shard ", shard, " in ",
                      recovery::shardDir(cfg.resumeDir, shard),
                      lr.skipped.empty() ? std::string() : detail::concat(" (skipped: ", lr.skipped.back(), ")"));
+    } else if (takeover && chained && !statelessWorkers) {
+      // a chain whose every member died at once: nothing holds the shard's state
+      PHX_USER_ERROR("shard ", shard, " is lost: every member of its chain died at once and chain "
+                     "recovery keeps no snapshot; restart the job with --recovery hybrid (it writes "
+                     "snapshots; --resume DIR) or with more --replicas");
     } else {
       rs.restoredVersion = 0;
       log::warn("shard ", shard, ": no valid snapshot in ", recovery::shardDir(restoreDir, shard),

@@ -28,6 +28,7 @@ const char* msgTypeName(MsgType t) {
     case MsgType::kGrant: return "grant";
     case MsgType::kFinished: return "finished";
     case MsgType::kGroupSetup: return "group-setup";
+    case MsgType::kHandOver: return "hand-over";
   }
   return "unknown";
 }

@@ -48,8 +48,10 @@ enum class MsgType : uint16_t {
   // Worker groups of GPU workers (--group-reduce, docs/architecture.md "Worker groups"):
   kGroupSetup = 21,   // member -> leader: its GPU's identity (payload, text); leader -> member:
                       // value 1 = reduce over NCCL (payload: the NCCL id), 0 = over MPI, -1 = refused
+  kHandOver = 22,     // stateless replacement -> client (header only): the backlog it handed over
+                      // is applied (sent before any pull reply that holds it)
 };
-inline constexpr int kNumMsgTypes = 22;
+inline constexpr int kNumMsgTypes = 23;
 const char* msgTypeName(MsgType t);
 
 enum HeaderFlags : uint16_t {

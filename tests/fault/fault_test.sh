@@ -229,10 +229,12 @@ k1=$((20 + RANDOM % 50))
 job spawn-chain 6 --servers 1 --replicas 1 --spares 0 --sync bsp --recovery chain --chain-mode sync --kill-server $k1 &&
   survived spawn-chain 1 chain-sync && spawned spawn-chain 1 &&
   check spawn-chain "f[0]['replaced_by'] == 1"
-# (the second kill comes once the first replacement holds the state: a chain of two that loses
-# both members before the new tail has the state has lost the shard)
+# (the second kill comes once the first replacement holds the state, 4 s into the job: a chain
+# of two that loses both members before the new tail has the state has lost the shard, which
+# ph-chain-lost checks; a count of steps was no bound: 90 BSP steps took less than the spawn)
 k1=$((15 + RANDOM % 10)); k2=$((k1 + 90))
-job spawn-chain-2 6 --servers 1 --replicas 1 --spares 0 --sync bsp --recovery chain --chain-mode sync --kill-server $k1,$k2 &&
+job spawn-chain-2 6 --servers 1 --replicas 1 --spares 0 --sync bsp --recovery chain --chain-mode sync \
+    --steps 600 --kill-server $k1,4s &&
   survived spawn-chain-2 2 chain-sync && spawned spawn-chain-2 2
 # (300 steps: the workers train on locally while the replacement starts, about 1-1.7 s, which
 # is most of a 150-step job; its backlog, applied in one step, then dominates the accuracy)
@@ -358,6 +360,21 @@ phase ph-view view-send 7 --servers 1 --spares 2 --kill-server 40 --sync bsp &&
 phase ph-promote promote 7 --servers 1 --replicas 2 --spares 0 --spawn off --recovery chain \
     --chain-mode sync --sync bsp --kill-server 40 &&
   check ph-promote "f[-1]['replaced_by'] == 2 and f[-1]['recovered_ms'] > 0 and s['pushes_acknowledged'] == s['gradients_applied'] and s['acknowledged_pushes_lost'] == 0"
+# the replica dies as it is promoted and the spare that joined as the new tail had not received
+# the state yet: nothing holds the shard any more (chain recovery writes no snapshot), so the
+# job ends with the one line that says so, never serving the initial weights
+export PHX_TEST_KILL_PHASE="promote:$TMP/ph-chain-lost.phase"
+t0=$SECONDS
+out=$(timeout 90 "${MPIRUN[@]}" -x PHX_TEST_KILL_PHASE -n 7 "$PHX" train "${COMMON[@]}" --steps 150 --log-level warn \
+      --servers 1 --replicas 1 --spares 1 --spawn off --recovery chain --chain-mode sync --sync bsp \
+      --kill-server 40 --checkpoint-dir "$TMP/ph-chain-lost.ckpt" --summary "$TMP/ph-chain-lost.json" 2>&1); rc=$?
+unset PHX_TEST_KILL_PHASE
+echo "  ph-chain-lost: $((SECONDS - t0)) s"
+echo "$out" > "$TMP/ph-chain-lost.log"
+if [ $rc -ne 124 ] && [ ! -s "$TMP/ph-chain-lost.json" ] &&
+   echo "$out" | grep -q "shard 0 is lost: every member of its chain that held the state died before the new tail (rank 2)" &&
+   ! echo "$out" | grep -q "serves its initial weights"; then ok
+else bad "ph-chain-lost: rc $rc: $(echo "$out" | grep -E 'WARN|error' | tail -8)"; fi
 # the spare that joins as the new tail dies while it receives the head's state: the next joins
 phase ph-tail tail-join 8 --servers 1 --replicas 1 --spares 2 --recovery chain --chain-mode sync \
     --sync bsp --kill-server 40 &&

@@ -209,8 +209,13 @@ bool MpiTransport::pollLink(int link, MsgType type, Header* h, int* src) {
   const std::vector<int>& lo = links_[link].logicalOf;
   const int from = st.MPI_SOURCE < static_cast<int>(lo.size()) ? lo[st.MPI_SOURCE] : -1;
   // From a rank declared dead, or from a predecessor of a peer that now lives on another
-  // link: drop the header; its payload (if any) stays unread.
-  if (from < 0 || dead_[from] || peerLink_[from] != link || peerRank_[from] != st.MPI_SOURCE) {
+  // link: drop the header; its payload (if any) stays unread. A recovery report is the
+  // exception, and so is a hand-over confirmation: they tell of the past (a takeover that
+  // completed, a backlog applied, before that server died too) and are kept when they came over
+  // the dead rank's own route.
+  const bool sameRoute = from >= 0 && peerLink_[from] == link && peerRank_[from] == st.MPI_SOURCE;
+  const bool ofThePast = type == MsgType::kEvent || type == MsgType::kHandOver;
+  if (from < 0 || !sameRoute || (dead_[from] && !ofThePast)) {
     int count = 0;
     MPI_Get_count(&st, MPI_BYTE, &count);
     std::vector<unsigned char> junk(count > 0 ? count : 1);
