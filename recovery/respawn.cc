@@ -24,6 +24,7 @@ namespace {
 
 constexpr int kTagBoot = 7;   // root -> new process: rank, map (ints)
 constexpr int kTagView = 8;   // root -> new process: the view it joins at (bytes)
+constexpr int kTagWire = 9;   // survivor -> new process and back: the link between them is up
 
 constexpr const char* kRebuildAdvice =
     "another failure during the rebuild? this rank leaves; restart with --resume DIR";
@@ -195,7 +196,16 @@ bool MpiRespawner::respawn(const View& v, const View& next) {
       PHX_MPI_CHECK(MPI_Send(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, n + i, kTagView, baseC));
     }
   }
-  // 4. the new routes (taken when a view names the rank alive again)
+  // 4. the links to the new processes, opened from the survivors' side only: Open MPI 4.1's TCP
+  //    transport failed connects that crossed (the new process and a worker dialling each other
+  //    at their first messages: "connect() ... Operation now in progress", and the new server
+  //    declared live workers dead). Each survivor sends first; the new process answers only
+  //    once it has heard from every survivor, over the links they opened.
+  int token = 1;
+  for (int i = 0; i < k; ++i) PHX_MPI_CHECK(MPI_Send(&token, 1, MPI_INT, n + i, kTagWire, baseC));
+  for (int i = 0; i < k; ++i)
+    PHX_MPI_CHECK(MPI_Recv(&token, 1, MPI_INT, n + i, kTagWire, baseC, MPI_STATUS_IGNORE));
+  // 5. the new routes (taken when a view names the rank alive again)
   for (int i = 0; i < k; ++i) {
     det_.stageRoute(v.respawn[i].rank, detC, n + i, logicalOf);
     train_.stageRoute(v.respawn[i].rank, trainC, n + i, logicalOf);
@@ -320,6 +330,12 @@ MpiRespawner::Joined MpiRespawner::join(MPI_Comm parent, double timeoutS) {
   std::vector<unsigned char> bytes(count);
   PHX_MPI_CHECK(MPI_Recv(bytes.data(), count, MPI_BYTE, 0, kTagView, j.base, MPI_STATUS_IGNORE));
   j.view = View::parse(bytes.data(), bytes.size());
+  // the survivors open the links (respawn step 4): hear from each, then answer each; they are
+  // the parent's remote group, merged ranks 0 .. n-1
+  int n = 0, token = 0;
+  PHX_MPI_CHECK(MPI_Comm_remote_size(parent, &n));
+  for (int s = 0; s < n; ++s) PHX_MPI_CHECK(MPI_Recv(&token, 1, MPI_INT, s, kTagWire, j.base, MPI_STATUS_IGNORE));
+  for (int s = 0; s < n; ++s) PHX_MPI_CHECK(MPI_Send(&token, 1, MPI_INT, s, kTagWire, j.base));
   return j;
 }
 

@@ -236,10 +236,10 @@ k1=$((15 + RANDOM % 10)); k2=$((k1 + 90))
 job spawn-chain-2 6 --servers 1 --replicas 1 --spares 0 --sync bsp --recovery chain --chain-mode sync \
     --steps 600 --kill-server $k1,4s &&
   survived spawn-chain-2 2 chain-sync && spawned spawn-chain-2 2
-# (300 steps: the workers train on locally while the replacement starts, about 1-1.7 s, which
-# is most of a 150-step job; its backlog, applied in one step, then dominates the accuracy)
+# (800 steps: the workers train on locally while the replacement starts, 1-2.5 s, which was
+# all of a 300-step job once; its backlog, applied in one step, then dominates the accuracy)
 k1=$((20 + RANDOM % 50))
-job spawn-stateless 5 --servers 1 --spares 0 --sync asp --recovery stateless --steps 300 --kill-server $k1 &&
+job spawn-stateless 5 --servers 1 --spares 0 --sync asp --recovery stateless --steps 800 --kill-server $k1 &&
   survived spawn-stateless 1 stateless && spawned spawn-stateless 1 &&
   check spawn-stateless "f[0]['spawned']"
 # --spawn off: without a spare the shard is lost and the job ends with one clear line.

@@ -193,8 +193,11 @@ else
   [ -n "$st" ] && case $st in COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL) ;; *) hx scancel "$JOB" ;; esac
 fi
 case $vstate in down*) ok ;; *) bad "SLURM did not mark $victim down: '$vstate'" ;; esac
-grep -q "^\[$victim\] srun: error: Node failure on $victim" "$T/job.out" && ok ||
-  bad "no 'Node failure' from the steps on $victim"
+# (srun's own "Node failure" line is SLURM's, printed only when slurmctld declared the node down
+# before the job ended (CI saw a run finish first): shown, not judged; the node's state above is)
+if grep -q "^\[$victim\] srun: error: Node failure on $victim" "$T/job.out"; then
+  echo "  srun reported the node failure of $victim"
+else echo "  srun had not reported the node failure of $victim when the job ended"; fi
 
 # the summary: every step trained, the server's loss detected and its shard taken over by the
 # spare on another node (rank 1); the victim's other ranks were workers, dropped under BSP
